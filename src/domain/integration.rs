@@ -1,0 +1,692 @@
+//! Integration types and their field rules, declared once per type in [`TypeSchema`].
+//!
+//! One declaration drives everything a type needs: which fields exist in which API version,
+//! their JSON types, enums and defaults, the validation order of contract §3, which fields are
+//! secret and how each secret is masked in responses (§4). Adding a type means one enum
+//! variant, one schema entry and one test row; the compiler points at the `match`es.
+//!
+//! A stored configuration ([`Config`]) holds only the type's own fields, in clear, with defaults
+//! applied; the storage layer encrypts it as a whole. Its `Debug` masks every secret.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use super::ids::ObjectId;
+use super::mask::{mask_key, mask_url, FULL_MASK};
+
+/// The Atlas Administration API version a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/api/atlas/v1.0`
+    V1,
+    /// `/api/atlas/v2` (resource version 2023-01-01)
+    V2,
+}
+
+/// The third-party services a project can be integrated with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IntegrationType {
+    /// PagerDuty
+    PagerDuty,
+    /// Slack
+    Slack,
+    /// Datadog
+    Datadog,
+    /// New Relic
+    NewRelic,
+    /// Opsgenie
+    OpsGenie,
+    /// VictorOps (Splunk On-Call)
+    VictorOps,
+    /// Flowdock (v1.0 only)
+    Flowdock,
+    /// Generic webhook
+    Webhook,
+    /// Microsoft Teams
+    MicrosoftTeams,
+    /// Prometheus
+    Prometheus,
+}
+
+impl IntegrationType {
+    /// Every type, in the order Atlas documents them.
+    pub const ALL: [Self; 10] = [
+        Self::PagerDuty,
+        Self::Slack,
+        Self::Datadog,
+        Self::NewRelic,
+        Self::OpsGenie,
+        Self::VictorOps,
+        Self::Flowdock,
+        Self::Webhook,
+        Self::MicrosoftTeams,
+        Self::Prometheus,
+    ];
+
+    /// The Atlas wire name (`PAGER_DUTY`, ...).
+    pub fn as_str(self) -> &'static str {
+        self.schema().name
+    }
+
+    /// Parses an exact wire name (case-sensitive, as Atlas).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// Whether the type exists in that API version (FLOWDOCK is v1.0 only).
+    pub fn available_in(self, version: ApiVersion) -> bool {
+        !(self == Self::Flowdock && version == ApiVersion::V2)
+    }
+
+    /// The type's field declaration.
+    pub fn schema(self) -> &'static TypeSchema {
+        match self {
+            Self::PagerDuty => &PAGER_DUTY,
+            Self::Slack => &SLACK,
+            Self::Datadog => &DATADOG,
+            Self::NewRelic => &NEW_RELIC,
+            Self::OpsGenie => &OPS_GENIE,
+            Self::VictorOps => &VICTOR_OPS,
+            Self::Flowdock => &FLOWDOCK,
+            Self::Webhook => &WEBHOOK,
+            Self::MicrosoftTeams => &MICROSOFT_TEAMS,
+            Self::Prometheus => &PROMETHEUS,
+        }
+    }
+}
+
+impl fmt::Display for IntegrationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A field's JSON type.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A string.
+    Str,
+    /// A boolean.
+    Bool,
+    /// A string from a fixed list.
+    Enum(&'static [&'static str]),
+}
+
+/// When a field must be present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// In every version.
+    Required,
+    /// Required through v1.0, optional through v2.
+    RequiredInV1,
+    /// Required through v2, optional through v1.0.
+    RequiredInV2,
+    /// Required when the integration is created; omitted on replace keeps the stored value.
+    RequiredOnCreate,
+    /// Optional; the default, if any, is stored when it is absent.
+    Optional(Option<Default>),
+}
+
+/// A stored default for an absent optional field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// A string value.
+    Str(&'static str),
+    /// A boolean value.
+    Bool(bool),
+}
+
+/// Whether a field is secret, and how it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrecy {
+    /// Not a secret.
+    Public,
+    /// A secret Atlas returns in clear (New Relic, Flowdock, VictorOps' routing key); still
+    /// encrypted at rest and masked in logs.
+    ClearInResponses,
+    /// Last-four masking.
+    MaskKey,
+    /// Scheme, host and port kept.
+    MaskUrl,
+    /// Fixed `******`.
+    MaskFull,
+    /// Never returned.
+    Hidden,
+}
+
+impl Secrecy {
+    /// Whether the value is a secret (encrypted at rest, masked in logs).
+    pub fn is_secret(self) -> bool {
+        self != Self::Public
+    }
+
+    /// What a response shows of `value`.
+    fn shown(self, value: &str) -> Option<String> {
+        match self {
+            Self::Public | Self::ClearInResponses => Some(value.to_owned()),
+            Self::MaskKey => Some(mask_key(value)),
+            Self::MaskUrl => Some(mask_url(value)),
+            Self::MaskFull => Some(FULL_MASK.to_owned()),
+            Self::Hidden => None,
+        }
+    }
+}
+
+/// A type-specific rule checked after types, presence and enums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// None beyond non-empty and the length limit.
+    None,
+    /// `[0-9a-fA-F]+`.
+    Hex,
+    /// No spaces (Flowdock flow names).
+    NoSpaces,
+    /// An absolute `http` or `https` URL.
+    HttpUrl,
+    /// An absolute `https` URL.
+    HttpsUrl,
+    /// At most this many characters.
+    MaxChars(usize),
+}
+
+/// How an absent or special value is shown in responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The stored value, or nothing when absent.
+    AsStored,
+    /// The stored value, or `""` when absent (Slack `channelName`).
+    EmptyWhenAbsent,
+    /// A boolean v2 always returns, and v1.0 only when `true` (Datadog's metric switches).
+    TrueOnlyInV1,
+}
+
+/// One field of an integration type.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    /// The wire name.
+    pub name: &'static str,
+    /// The JSON type.
+    pub kind: Kind,
+    /// When it is required.
+    pub presence: Presence,
+    /// Secret or not, and its masking.
+    pub secrecy: Secrecy,
+    /// The type rule.
+    pub rule: Rule,
+    /// How responses show it.
+    pub output: Output,
+}
+
+/// The declaration of one integration type.
+#[derive(Debug)]
+pub struct TypeSchema {
+    /// The Atlas wire name.
+    pub name: &'static str,
+    /// The fields, in the contract's order (which is also the validation order).
+    pub fields: &'static [Field],
+    /// Read-only fields a client may send back (ignored), with the value responses show.
+    pub read_only: &'static [(&'static str, &'static str)],
+}
+
+impl TypeSchema {
+    /// The field of that name, if the type has it.
+    pub fn field(&self, name: &str) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+const fn field(name: &'static str, kind: Kind, presence: Presence) -> Field {
+    Field {
+        name,
+        kind,
+        presence,
+        secrecy: Secrecy::Public,
+        rule: Rule::None,
+        output: Output::AsStored,
+    }
+}
+
+const fn secret(name: &'static str, presence: Presence, secrecy: Secrecy, rule: Rule) -> Field {
+    Field {
+        name,
+        kind: Kind::Str,
+        presence,
+        secrecy,
+        rule,
+        output: Output::AsStored,
+    }
+}
+
+const REGION_US_EU: Kind = Kind::Enum(&["US", "EU"]);
+const DEFAULT_US: Presence = Presence::Optional(Some(Default::Str("US")));
+const DEFAULT_FALSE: Presence = Presence::Optional(Some(Default::Bool(false)));
+const OPTIONAL: Presence = Presence::Optional(None);
+
+const fn datadog_switch(name: &'static str) -> Field {
+    Field {
+        output: Output::TrueOnlyInV1,
+        ..field(name, Kind::Bool, DEFAULT_FALSE)
+    }
+}
+
+static PAGER_DUTY: TypeSchema = TypeSchema {
+    name: "PAGER_DUTY",
+    fields: &[
+        secret(
+            "serviceKey",
+            Presence::Required,
+            Secrecy::MaskKey,
+            Rule::None,
+        ),
+        field("region", REGION_US_EU, DEFAULT_US),
+    ],
+    read_only: &[],
+};
+
+static SLACK: TypeSchema = TypeSchema {
+    name: "SLACK",
+    fields: &[
+        secret("apiToken", Presence::Required, Secrecy::MaskKey, Rule::None),
+        field("teamName", Kind::Str, Presence::RequiredInV1),
+        Field {
+            rule: Rule::MaxChars(80),
+            output: Output::EmptyWhenAbsent,
+            ..field("channelName", Kind::Str, Presence::RequiredInV2)
+        },
+    ],
+    read_only: &[],
+};
+
+static DATADOG: TypeSchema = TypeSchema {
+    name: "DATADOG",
+    fields: &[
+        secret("apiKey", Presence::Required, Secrecy::MaskKey, Rule::Hex),
+        field(
+            "region",
+            Kind::Enum(&["US", "US3", "US5", "EU", "AP1", "AP2", "US1_FED"]),
+            DEFAULT_US,
+        ),
+        datadog_switch("sendCollectionLatencyMetrics"),
+        datadog_switch("sendDatabaseMetrics"),
+        datadog_switch("sendQueryStatsMetrics"),
+        datadog_switch("sendUserProvidedResourceTags"),
+    ],
+    read_only: &[],
+};
+
+static NEW_RELIC: TypeSchema = TypeSchema {
+    name: "NEW_RELIC",
+    fields: &[
+        secret(
+            "licenseKey",
+            Presence::Required,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+        secret(
+            "accountId",
+            Presence::Required,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+        secret(
+            "writeToken",
+            Presence::Required,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+        secret(
+            "readToken",
+            Presence::Required,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+    ],
+    read_only: &[],
+};
+
+static OPS_GENIE: TypeSchema = TypeSchema {
+    name: "OPS_GENIE",
+    fields: &[
+        secret("apiKey", Presence::Required, Secrecy::MaskKey, Rule::None),
+        field("region", REGION_US_EU, DEFAULT_US),
+    ],
+    read_only: &[],
+};
+
+static VICTOR_OPS: TypeSchema = TypeSchema {
+    name: "VICTOR_OPS",
+    fields: &[
+        secret("apiKey", Presence::Required, Secrecy::MaskKey, Rule::None),
+        secret(
+            "routingKey",
+            OPTIONAL,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+    ],
+    read_only: &[],
+};
+
+static FLOWDOCK: TypeSchema = TypeSchema {
+    name: "FLOWDOCK",
+    fields: &[
+        Field {
+            rule: Rule::NoSpaces,
+            ..field("flowName", Kind::Str, Presence::Required)
+        },
+        secret(
+            "apiToken",
+            Presence::Required,
+            Secrecy::ClearInResponses,
+            Rule::None,
+        ),
+        field("orgName", Kind::Str, Presence::Required),
+    ],
+    read_only: &[],
+};
+
+static WEBHOOK: TypeSchema = TypeSchema {
+    name: "WEBHOOK",
+    fields: &[
+        secret("url", Presence::Required, Secrecy::MaskUrl, Rule::HttpUrl),
+        secret("secret", OPTIONAL, Secrecy::MaskFull, Rule::None),
+    ],
+    read_only: &[],
+};
+
+static MICROSOFT_TEAMS: TypeSchema = TypeSchema {
+    name: "MICROSOFT_TEAMS",
+    fields: &[secret(
+        "microsoftTeamsWebhookUrl",
+        Presence::Required,
+        Secrecy::MaskUrl,
+        Rule::HttpsUrl,
+    )],
+    read_only: &[],
+};
+
+static PROMETHEUS: TypeSchema = TypeSchema {
+    name: "PROMETHEUS",
+    fields: &[
+        field("username", Kind::Str, Presence::Required),
+        secret(
+            "password",
+            Presence::RequiredOnCreate,
+            Secrecy::Hidden,
+            Rule::None,
+        ),
+        field(
+            "serviceDiscovery",
+            Kind::Enum(&["http", "file"]),
+            Presence::Required,
+        ),
+        field("enabled", Kind::Bool, Presence::Required),
+        field(
+            "sendUserProvidedResourceTagsEnabled",
+            Kind::Bool,
+            DEFAULT_FALSE,
+        ),
+    ],
+    read_only: &[("scheme", "https")],
+};
+
+/// The longest string any field accepts, in bytes.
+pub const MAX_STRING_BYTES: usize = 4096;
+
+/// A stored configuration: the type's own fields in clear, defaults applied. `Debug` masks
+/// every secret field.
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    kind: IntegrationType,
+    fields: Map<String, Value>,
+}
+
+impl Config {
+    /// Rebuilds a configuration from its stored JSON (as produced by [`Config::to_json`]).
+    pub fn from_json(kind: IntegrationType, bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let fields = serde_json::from_slice(bytes)?;
+        Ok(Self { kind, fields })
+    }
+
+    /// The stored JSON form.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.fields).unwrap_or_default()
+    }
+
+    /// The integration type.
+    pub fn kind(&self) -> IntegrationType {
+        self.kind
+    }
+
+    /// A field's stored string value.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+
+    /// A field's stored boolean value.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.fields.get(name).and_then(Value::as_bool)
+    }
+
+    /// The response object for `version`: secrets masked or left out, defaults shown, `type`
+    /// added, and `id` in v2.
+    pub fn render(&self, version: ApiVersion, id: ObjectId) -> Map<String, Value> {
+        let schema = self.kind.schema();
+        let mut out = Map::new();
+        for field in schema.fields {
+            let stored = self.fields.get(field.name);
+            let shown = match (field.output, stored) {
+                (Output::TrueOnlyInV1, value) => {
+                    let on = value.and_then(Value::as_bool).unwrap_or(false);
+                    (version == ApiVersion::V2 || on).then_some(Value::Bool(on))
+                }
+                (_, Some(Value::String(text))) => field.secrecy.shown(text).map(Value::String),
+                (_, Some(other)) => Some(other.clone()),
+                (Output::EmptyWhenAbsent, None) => Some(Value::String(String::new())),
+                (Output::AsStored, None) => None,
+            };
+            if let Some(value) = shown {
+                out.insert(field.name.to_owned(), value);
+            }
+        }
+        for (name, value) in schema.read_only {
+            out.insert((*name).to_owned(), Value::String((*value).to_owned()));
+        }
+        out.insert("type".to_owned(), Value::String(schema.name.to_owned()));
+        if version == ApiVersion::V2 {
+            out.insert("id".to_owned(), Value::String(id.to_string()));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let schema = self.kind.schema();
+        let mut map = f.debug_map();
+        for (name, value) in &self.fields {
+            let secret = schema.field(name).is_some_and(|fd| fd.secrecy.is_secret());
+            if secret {
+                map.entry(name, &"<redacted>");
+            } else {
+                map.entry(name, value);
+            }
+        }
+        map.finish()
+    }
+}
+
+/// Why a request body was refused, in the contract's order of precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldError {
+    /// `INVALID_ATTRIBUTE`: a field the type does not have, or `type` differing from the path.
+    InvalidAttribute(String),
+    /// `INVALID_JSON_ATTRIBUTE`: a field of the wrong JSON type.
+    InvalidJsonAttribute(&'static str),
+    /// `MISSING_ATTRIBUTE`: a required field is absent.
+    MissingAttribute(&'static str),
+    /// `INVALID_ENUM_VALUE`: a value outside the field's enum (the value is not secret).
+    InvalidEnumValue(String),
+    /// `INVALID_INTEGRATION_SETTINGS`: a type rule is broken.
+    InvalidSettings {
+        /// The integration type.
+        kind: IntegrationType,
+        /// What is wrong, naming the field but never its value.
+        message: String,
+    },
+    /// `INVALID_FLOWDOCK_FLOW_NAME`.
+    FlowdockFlowName,
+}
+
+fn present<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+fn is_required(presence: Presence, version: ApiVersion, replacing: bool) -> bool {
+    match presence {
+        Presence::Required => true,
+        Presence::RequiredInV1 => version == ApiVersion::V1,
+        Presence::RequiredInV2 => version == ApiVersion::V2,
+        Presence::RequiredOnCreate => !replacing,
+        Presence::Optional(_) => false,
+    }
+}
+
+/// Validates a request body for `kind` and builds the configuration to store.
+///
+/// `existing` is the stored configuration a PUT replaces: a secret sent back exactly in its
+/// masked form keeps the stored value, and a `RequiredOnCreate` field may be omitted. The
+/// checks run phase by phase (contract §3): `type` mismatch, unknown fields, JSON types,
+/// missing fields, enums, then type rules; within a phase, in the schema's field order.
+pub fn validate(
+    kind: IntegrationType,
+    version: ApiVersion,
+    body: &Map<String, Value>,
+    existing: Option<&Config>,
+) -> Result<Config, FieldError> {
+    let schema = kind.schema();
+    if let Some(sent) = present(body, "type") {
+        if sent.as_str() != Some(schema.name) {
+            return Err(FieldError::InvalidAttribute("type".to_owned()));
+        }
+    }
+    for (name, value) in body {
+        let known = name == "type"
+            || name == "id"
+            || schema.read_only.iter().any(|(ro, _)| ro == name)
+            || schema.field(name).is_some();
+        if !known && !value.is_null() {
+            return Err(FieldError::InvalidAttribute(name.clone()));
+        }
+    }
+    for field in schema.fields {
+        let Some(value) = present(body, field.name) else {
+            continue;
+        };
+        let ok = match field.kind {
+            Kind::Str | Kind::Enum(_) => value.is_string(),
+            Kind::Bool => value.is_boolean(),
+        };
+        if !ok {
+            return Err(FieldError::InvalidJsonAttribute(field.name));
+        }
+    }
+    let existing = existing.filter(|e| e.kind == kind);
+    for field in schema.fields {
+        let absent = present(body, field.name).is_none();
+        if absent && is_required(field.presence, version, existing.is_some()) {
+            return Err(FieldError::MissingAttribute(field.name));
+        }
+    }
+    for field in schema.fields {
+        if let (Kind::Enum(allowed), Some(Value::String(value))) =
+            (field.kind, present(body, field.name))
+        {
+            if !allowed.contains(&value.as_str()) {
+                return Err(FieldError::InvalidEnumValue(value.clone()));
+            }
+        }
+    }
+    let mut fields = Map::new();
+    for field in schema.fields {
+        let stored = existing.and_then(|e| e.fields.get(field.name));
+        let value = match present(body, field.name) {
+            Some(Value::String(text)) => {
+                if let Some(Value::String(kept)) = stored {
+                    if field.secrecy.is_secret()
+                        && field.secrecy.shown(kept).as_deref() == Some(text)
+                    {
+                        fields.insert(field.name.to_owned(), Value::String(kept.clone()));
+                        continue;
+                    }
+                }
+                if text.is_empty() && !is_required(field.presence, version, false) {
+                    None
+                } else {
+                    check_rule(kind, field, text)?;
+                    Some(Value::String(text.clone()))
+                }
+            }
+            Some(other) => Some(other.clone()),
+            None => None,
+        };
+        let value = match (value, field.presence) {
+            (Some(v), _) => Some(v),
+            (None, Presence::RequiredOnCreate) => stored.cloned(),
+            (None, Presence::Optional(Some(Default::Str(s)))) => Some(Value::String(s.to_owned())),
+            (None, Presence::Optional(Some(Default::Bool(b)))) => Some(Value::Bool(b)),
+            (None, _) => None,
+        };
+        if let Some(value) = value {
+            fields.insert(field.name.to_owned(), value);
+        }
+    }
+    Ok(Config { kind, fields })
+}
+
+fn check_rule(kind: IntegrationType, field: &Field, text: &str) -> Result<(), FieldError> {
+    let name = field.name;
+    let broken = |message: String| Err(FieldError::InvalidSettings { kind, message });
+    if text.is_empty() {
+        return broken(format!("{name} must not be empty"));
+    }
+    if text.len() > MAX_STRING_BYTES {
+        return broken(format!("{name} must be at most {MAX_STRING_BYTES} bytes"));
+    }
+    match field.rule {
+        Rule::None => Ok(()),
+        Rule::Hex if !text.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            broken(format!("{name} must be a hexadecimal string"))
+        }
+        Rule::Hex => Ok(()),
+        Rule::NoSpaces if text.chars().any(char::is_whitespace) => {
+            Err(FieldError::FlowdockFlowName)
+        }
+        Rule::NoSpaces => Ok(()),
+        Rule::HttpUrl if !is_absolute_url(text, &["http", "https"]) => {
+            broken(format!("{name} must be an absolute http or https URL"))
+        }
+        Rule::HttpsUrl if !is_absolute_url(text, &["https"]) => {
+            broken(format!("{name} must be an absolute https URL"))
+        }
+        Rule::HttpUrl | Rule::HttpsUrl => Ok(()),
+        Rule::MaxChars(max) if text.chars().count() > max => {
+            broken(format!("{name} must be at most {max} characters"))
+        }
+        Rule::MaxChars(_) => Ok(()),
+    }
+}
+
+fn is_absolute_url(text: &str, schemes: &[&str]) -> bool {
+    // The parser normalises the scheme's case, so `HTTPS://x` counts as https.
+    match url::Url::parse(text) {
+        Ok(parsed) => {
+            schemes.contains(&parsed.scheme())
+                && parsed.host_str().is_some_and(|h| !h.is_empty())
+                && !text.chars().any(char::is_whitespace)
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,328 @@
+//! The five integrations operations (contract §2), for v1.0 and v2 alike.
+//!
+//! Handlers stay thin: parse the body, validate through the domain schema, seal or open the
+//! configuration, call the store, and render with masking. Configurations are sealed whole,
+//! with `integration:<group>:<type>` as associated data so a ciphertext cannot be moved to
+//! another row.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+
+use super::error::{ApiError, ErrorCode, Result};
+use super::query::Params;
+use super::reply::Reply;
+use super::AppState;
+use crate::crypto::Keyring;
+use crate::domain::ids::{GroupId, ObjectId};
+use crate::domain::integration::{self, ApiVersion, Config, FieldError, IntegrationType};
+use crate::store::{StoreError, StoredIntegration};
+
+/// The largest request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The deepest JSON nesting accepted (the top-level object is level 1).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// What every operation needs to know about its request.
+pub struct Context<'a> {
+    /// Shared state.
+    pub state: &'a AppState,
+    /// The project.
+    pub group: GroupId,
+    /// The API version.
+    pub version: ApiVersion,
+    /// The query parameters.
+    pub params: Params,
+    /// The absolute URL of the addressed resource, without query, for `links`.
+    pub link_base: String,
+}
+
+/// Associated data for an integration's sealed configuration.
+pub fn config_aad(group: GroupId, kind: IntegrationType) -> Vec<u8> {
+    format!("integration:{group}:{kind}").into_bytes()
+}
+
+/// Seals a configuration for storage.
+pub fn seal(keyring: &Keyring, group: GroupId, config: &Config) -> Vec<u8> {
+    let plain = secrecy::SecretSlice::from(config.to_json());
+    keyring.encrypt(&config_aad(group, config.kind()), plain.expose_secret())
+}
+
+/// Opens a stored configuration.
+pub fn open(
+    keyring: &Keyring,
+    group: GroupId,
+    stored: &StoredIntegration,
+) -> anyhow::Result<Config> {
+    let plain = keyring
+        .decrypt(&config_aad(group, stored.kind), &stored.sealed)
+        .map_err(|err| {
+            anyhow::anyhow!(
+                "cannot decrypt the {} integration of group {group}: {err}",
+                stored.kind
+            )
+        })?;
+    Config::from_json(stored.kind, plain.expose_secret()).map_err(|_| {
+        anyhow::anyhow!(
+            "the stored {} configuration of group {group} is not valid JSON",
+            stored.kind
+        )
+    })
+}
+
+/// `GET /groups/{groupId}/integrations`: every configured integration, paginated.
+///
+/// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/listGroupIntegrations>
+pub async fn list_integrations(ctx: &Context<'_>) -> Result<Reply> {
+    let stored = ctx.state.store.list_integrations(ctx.group).await?;
+    let rendered: Vec<Value> = stored
+        .iter()
+        .filter(|s| s.kind.available_in(ctx.version))
+        .filter_map(|s| match open(&ctx.state.keyring, ctx.group, s) {
+            Ok(config) => Some(Value::Object(config.render(ctx.version, s.id))),
+            Err(err) => {
+                // One unreadable row must not hide the others: it is left out and logged.
+                tracing::error!(error = %err, "integration left out of the list");
+                None
+            }
+        })
+        .collect();
+    Ok(Reply::List(page(ctx, rendered)))
+}
+
+/// Builds the paginated list object of contract §6.
+fn page(ctx: &Context<'_>, all: Vec<Value>) -> Map<String, Value> {
+    let Params {
+        page_num,
+        items_per_page,
+        include_count,
+        ..
+    } = ctx.params;
+    let total = all.len() as u64;
+    let skip = page_num.saturating_sub(1).saturating_mul(items_per_page);
+    let results: Vec<Value> = all
+        .into_iter()
+        .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+        .take(usize::try_from(items_per_page).unwrap_or(usize::MAX))
+        .collect();
+    let href = |n: u64| {
+        json!({
+            "href": format!("{}?pageNum={n}&itemsPerPage={items_per_page}", ctx.link_base),
+            "rel": if n == page_num { "self" } else if n < page_num { "previous" } else { "next" },
+        })
+    };
+    let mut links = vec![href(page_num)];
+    if page_num > 1 {
+        links.push(href(page_num - 1));
+    }
+    if page_num.saturating_mul(items_per_page) < total {
+        links.push(href(page_num + 1));
+    }
+    let mut out = Map::new();
+    out.insert("links".to_owned(), Value::Array(links));
+    out.insert("results".to_owned(), Value::Array(results));
+    if include_count {
+        out.insert("totalCount".to_owned(), json!(total));
+    }
+    out
+}
+
+/// `GET /groups/{groupId}/integrations/{type}`: one integration.
+///
+/// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/getGroupIntegration>
+pub async fn get_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result<Reply> {
+    let stored = ctx
+        .state
+        .store
+        .get_integration(ctx.group, kind)
+        .await?
+        .ok_or_else(|| not_configured(kind))?;
+    let config = open(&ctx.state.keyring, ctx.group, &stored).map_err(ApiError::internal)?;
+    Ok(Reply::Object(config.render(ctx.version, stored.id)))
+}
+
+/// `POST /groups/{groupId}/integrations/{type}`: creates; 409 when already configured.
+/// Answers the list of all the project's integrations.
+///
+/// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/createGroupIntegration>
+pub async fn create_integration(
+    ctx: &Context<'_>,
+    kind: IntegrationType,
+    body: &Map<String, Value>,
+) -> Result<Reply> {
+    let config = integration::validate(kind, ctx.version, body, None).map_err(field_error)?;
+    let stored = StoredIntegration {
+        id: ObjectId::generate(),
+        kind,
+        sealed: seal(&ctx.state.keyring, ctx.group, &config),
+    };
+    match ctx.state.store.create_integration(ctx.group, &stored).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::IntegrationAlreadyConfigured,
+                [kind.as_str()],
+            ))
+        }
+        Err(other) => return Err(other.into()),
+    }
+    list_integrations(ctx).await
+}
+
+/// `PUT /groups/{groupId}/integrations/{type}`: replaces the whole configuration, or creates
+/// it. Secrets sent back in their masked form keep the stored value. Answers the list.
+///
+/// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/updateGroupIntegration>
+pub async fn update_integration(
+    ctx: &Context<'_>,
+    kind: IntegrationType,
+    body: &Map<String, Value>,
+) -> Result<Reply> {
+    let existing = match ctx.state.store.get_integration(ctx.group, kind).await? {
+        Some(stored) => match open(&ctx.state.keyring, ctx.group, &stored) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                // A replace is how an unreadable row gets repaired, so it goes on without it.
+                tracing::error!(error = %err, "replacing an unreadable integration");
+                None
+            }
+        },
+        None => None,
+    };
+    let config =
+        integration::validate(kind, ctx.version, body, existing.as_ref()).map_err(field_error)?;
+    let stored = StoredIntegration {
+        id: ObjectId::generate(),
+        kind,
+        sealed: seal(&ctx.state.keyring, ctx.group, &config),
+    };
+    ctx.state
+        .store
+        .replace_integration(ctx.group, &stored)
+        .await?;
+    list_integrations(ctx).await
+}
+
+/// `DELETE /groups/{groupId}/integrations/{type}`: 204, or 404 when not configured.
+///
+/// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/deleteGroupIntegration>
+pub async fn delete_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result<Reply> {
+    if ctx.state.store.delete_integration(ctx.group, kind).await? {
+        Ok(Reply::NoContent)
+    } else {
+        Err(not_configured(kind))
+    }
+}
+
+fn not_configured(kind: IntegrationType) -> ApiError {
+    ApiError::new(ErrorCode::IntegrationNotConfigured, [kind.as_str()])
+}
+
+fn field_error(err: FieldError) -> ApiError {
+    match err {
+        FieldError::InvalidAttribute(name) => ApiError::new(ErrorCode::InvalidAttribute, [name]),
+        FieldError::InvalidJsonAttribute(name) => {
+            ApiError::new(ErrorCode::InvalidJsonAttribute, [name])
+        }
+        FieldError::MissingAttribute(name) => ApiError::new(ErrorCode::MissingAttribute, [name]),
+        FieldError::InvalidEnumValue(value) => ApiError::new(ErrorCode::InvalidEnumValue, [value]),
+        FieldError::InvalidSettings { kind, message } => ApiError::new(
+            ErrorCode::InvalidIntegrationSettings,
+            [kind.as_str().to_owned(), message],
+        ),
+        FieldError::FlowdockFlowName => ApiError::plain(ErrorCode::InvalidFlowdockFlowName),
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(ErrorCode::RequestBodyTooLarge, [MAX_BODY_BYTES.to_string()])
+}
+
+/// Reads a POST/PUT body: at most [`MAX_BODY_BYTES`] (413 beyond), a JSON object nested at
+/// most [`MAX_JSON_DEPTH`] deep (`MALFORMED_JSON` otherwise, also for an empty body).
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Map<String, Value>> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(_) => return Err(ApiError::plain(ErrorCode::MalformedJson)),
+    };
+    parse_object(&bytes)
+}
+
+/// Parses a body as a JSON object within the depth limit.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
+    let malformed = || ApiError::plain(ErrorCode::MalformedJson);
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| malformed())?;
+    if depth(&value) > MAX_JSON_DEPTH {
+        return Err(malformed());
+    }
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(malformed()),
+    }
+}
+
+/// Nesting depth; serde_json itself refuses more than 128 levels, so recursion is bounded.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_nested_deeper_than_64_are_malformed() {
+        let ok = format!(
+            "{}{}",
+            "{\"a\":".repeat(64),
+            "1".to_owned() + &"}".repeat(64)
+        );
+        assert!(parse_object(ok.as_bytes()).is_ok());
+        let deep = format!(
+            "{}{}",
+            "{\"a\":".repeat(65),
+            "1".to_owned() + &"}".repeat(65)
+        );
+        assert_eq!(
+            parse_object(deep.as_bytes()).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        let very_deep = "[".repeat(100_000);
+        assert_eq!(
+            parse_object(very_deep.as_bytes()).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+    }
+
+    #[test]
+    fn non_objects_empty_and_invalid_utf8_are_malformed() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"\"x\"",
+            b"null",
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":1",
+            b"{} {}",
+        ] {
+            assert_eq!(
+                parse_object(body).unwrap_err().code,
+                ErrorCode::MalformedJson
+            );
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The PostgreSQL backend, for several server instances sharing one database. Migrations run
+//! under a session advisory lock (sqlx's migrator takes it), so instances starting together do
+//! not race.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::AnyPoolOptions;
+
+use super::SqlStore;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Connects a pool of `pool_size` connections to the database a `postgres:` URL names.
+pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(pool_size.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(true)
+        .connect(url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    Ok(SqlStore {
+        read: pool.clone(),
+        write: pool,
+    })
+}
+
+/// Runs the embedded PostgreSQL migrations.
+pub async fn migrate(store: &SqlStore) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(&store.write)
+        .await
+        .context("cannot migrate the PostgreSQL database")
+}
+
+/// The migrations, for the test that checks both backends have the same versions.
+pub fn migrator() -> &'static sqlx::migrate::Migrator {
+    &MIGRATOR
+}

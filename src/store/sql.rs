@@ -1,0 +1,596 @@
+//! The SQL both backends share, run through sqlx's `Any` driver.
+//!
+//! The statements are plain SQL that SQLite, PostgreSQL and the PostgreSQL-compatible
+//! distributed engines (CockroachDB, YugabyteDB) all accept: `$N` placeholders, `insert ...
+//! on conflict ... do update ... returning` for upserts (no `merge`, no `insert or replace`),
+//! text ids rather than native uuid/ObjectId types, `bigint` Unix-millisecond timestamps
+//! rather than `timestamptz`, and no triggers, stored procedures or `serial` arithmetic the
+//! others lack. What differs per backend (connecting, pragmas, migrations, locking) lives in
+//! `sqlite.rs` and `postgres.rs`.
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use super::{
+    now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError, StoreResult,
+    StoredIntegration,
+};
+use crate::domain::ids::{GroupId, ObjectId, OrgId};
+use crate::domain::integration::IntegrationType;
+
+/// The shared SQL implementation of [`Store`]. Writes go through `write` (one connection on
+/// SQLite, where a second writer would only wait for the lock), reads through `read`.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pub(super) read: AnyPool,
+    pub(super) write: AnyPool,
+}
+
+/// Maps a sqlx error to the store's error kinds.
+pub(super) fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("unique"),
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) if is_connection_loss(db.code().as_deref()) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        _ => StoreError::Other(anyhow::Error::new(err)),
+    }
+}
+
+/// PostgreSQL SQLSTATE classes 08 (connection exception), 57P0x (admin shutdown, crash
+/// shutdown, cannot connect now) and SQLite's "unable to open" / I/O errors.
+fn is_connection_loss(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "14" || c == "10")
+}
+
+fn id_col(row: &AnyRow, col: &str) -> StoreResult<ObjectId> {
+    let text: String = row.try_get(col).map_err(classify)?;
+    ObjectId::parse(&text).ok_or_else(|| StoreError::Other(anyhow!("bad id in column {col}")))
+}
+
+fn integration_row(row: &AnyRow) -> StoreResult<StoredIntegration> {
+    let kind: String = row.try_get("type").map_err(classify)?;
+    Ok(StoredIntegration {
+        id: id_col(row, "id")?,
+        kind: IntegrationType::parse(&kind)
+            .ok_or_else(|| StoreError::Other(anyhow!("unknown integration type in database")))?,
+        sealed: row.try_get("config").map_err(classify)?,
+    })
+}
+
+fn project_row(row: &AnyRow) -> StoreResult<Project> {
+    Ok(Project {
+        id: id_col(row, "id")?,
+        org_id: id_col(row, "org_id")?,
+        name: row.try_get("name").map_err(classify)?,
+        created_at: row.try_get("created_at").map_err(classify)?,
+    })
+}
+
+const BUMP_EPOCH: &str = "update auth_epoch set value = value + 1 where id = 1";
+
+impl SqlStore {
+    async fn key_id(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        public_key: &str,
+    ) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("select id from api_key where public_key = $1")
+            .bind(public_key)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(classify)
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("select 1")
+            .execute(&self.read)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn meta(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar("select value from meta where name = $1")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(classify)
+    }
+
+    async fn put_meta_if_absent(&self, name: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("insert into meta (name, value) values ($1, $2) on conflict (name) do nothing")
+            .bind(name)
+            .bind(value.to_vec())
+            .execute(&self.write)
+            .await
+            .map_err(classify)?;
+        sqlx::query_scalar("select value from meta where name = $1")
+            .bind(name)
+            .fetch_one(&self.write)
+            .await
+            .map_err(classify)
+    }
+
+    async fn list_integrations(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>> {
+        let rows = sqlx::query(
+            "select id, type, config from integration where group_id = $1 order by seq",
+        )
+        .bind(group.to_string())
+        .fetch_all(&self.read)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(integration_row).collect()
+    }
+
+    async fn get_integration(
+        &self,
+        group: GroupId,
+        kind: IntegrationType,
+    ) -> StoreResult<Option<StoredIntegration>> {
+        let row = sqlx::query(
+            "select id, type, config from integration where group_id = $1 and type = $2",
+        )
+        .bind(group.to_string())
+        .bind(kind.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(classify)?;
+        row.as_ref().map(integration_row).transpose()
+    }
+
+    async fn create_integration(
+        &self,
+        group: GroupId,
+        integration: &StoredIntegration,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        sqlx::query(
+            "insert into integration (group_id, type, id, config, created_at, updated_at) \
+             values ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(group.to_string())
+        .bind(integration.kind.as_str())
+        .bind(integration.id.to_string())
+        .bind(integration.sealed.clone())
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn replace_integration(
+        &self,
+        group: GroupId,
+        integration: &StoredIntegration,
+    ) -> StoreResult<ObjectId> {
+        let now = now_ms();
+        let id: String = sqlx::query_scalar(
+            "insert into integration (group_id, type, id, config, created_at, updated_at) \
+             values ($1, $2, $3, $4, $5, $5) \
+             on conflict (group_id, type) do update \
+             set config = excluded.config, updated_at = excluded.updated_at \
+             returning id",
+        )
+        .bind(group.to_string())
+        .bind(integration.kind.as_str())
+        .bind(integration.id.to_string())
+        .bind(integration.sealed.clone())
+        .bind(now)
+        .fetch_one(&self.write)
+        .await
+        .map_err(classify)?;
+        ObjectId::parse(&id).ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
+    }
+
+    async fn delete_integration(&self, group: GroupId, kind: IntegrationType) -> StoreResult<bool> {
+        let done = sqlx::query("delete from integration where group_id = $1 and type = $2")
+            .bind(group.to_string())
+            .bind(kind.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_org(&self, org: &Org) -> StoreResult<()> {
+        sqlx::query("insert into org (id, name, created_at) values ($1, $2, $3)")
+            .bind(org.id.to_string())
+            .bind(org.name.clone())
+            .bind(org.created_at)
+            .execute(&self.write)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_orgs(&self) -> StoreResult<Vec<Org>> {
+        let rows = sqlx::query("select id, name, created_at from org order by created_at, id")
+            .fetch_all(&self.read)
+            .await
+            .map_err(classify)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Org {
+                    id: id_col(row, "id")?,
+                    name: row.try_get("name").map_err(classify)?,
+                    created_at: row.try_get("created_at").map_err(classify)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_project(&self, project: &Project) -> StoreResult<()> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        sqlx::query("insert into project (id, org_id, name, created_at) values ($1, $2, $3, $4)")
+            .bind(project.id.to_string())
+            .bind(project.org_id.to_string())
+            .bind(project.name.clone())
+            .bind(project.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn project(&self, id: GroupId) -> StoreResult<Option<Project>> {
+        let row = sqlx::query("select id, org_id, name, created_at from project where id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(classify)?;
+        row.as_ref().map(project_row).transpose()
+    }
+
+    async fn list_projects(&self, org: Option<OrgId>) -> StoreResult<Vec<Project>> {
+        let rows = match org {
+            Some(org) => {
+                sqlx::query(
+                    "select id, org_id, name, created_at from project where org_id = $1 \
+                 order by created_at, id",
+                )
+                .bind(org.to_string())
+                .fetch_all(&self.read)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "select id, org_id, name, created_at from project order by created_at, id",
+                )
+                .fetch_all(&self.read)
+                .await
+            }
+        }
+        .map_err(classify)?;
+        rows.iter().map(project_row).collect()
+    }
+
+    async fn delete_project(&self, id: GroupId) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        // Explicit deletes rather than relying on `on delete cascade` alone, which some
+        // PostgreSQL-compatible engines implement only partially.
+        for sql in [
+            "delete from integration where group_id = $1",
+            "delete from api_key_project where project_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        let done = sqlx::query("delete from project where id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        sqlx::query(
+            "insert into api_key (id, org_id, public_key, private_key, description, org_role, \
+             created_at) values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(key.id.to_string())
+        .bind(key.org_id.to_string())
+        .bind(key.public_key.clone())
+        .bind(key.sealed_private_key.clone())
+        .bind(key.description.clone())
+        .bind(key.org_role.as_str())
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        for (project, role) in &key.project_roles {
+            sqlx::query(
+                "insert into api_key_project (api_key_id, project_id, role) values ($1, $2, $3)",
+            )
+            .bind(key.id.to_string())
+            .bind(project.to_string())
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        for cidr in &key.access_list {
+            sqlx::query(
+                "insert into api_key_access (api_key_id, cidr, created_at) values ($1, $2, $3)",
+            )
+            .bind(key.id.to_string())
+            .bind(cidr.clone())
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
+        let mut tx = self.read.begin().await.map_err(classify)?;
+        let rows = sqlx::query(
+            "select id, org_id, public_key, private_key, description, org_role, created_at \
+             from api_key order by created_at, id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let roles = sqlx::query(
+            "select api_key_id, project_id, role from api_key_project order by project_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let access =
+            sqlx::query("select api_key_id, cidr from api_key_access order by created_at, cidr")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let role: String = row.try_get("org_role").map_err(classify)?;
+            keys.push(ApiKey {
+                id: id_col(row, "id")?,
+                org_id: id_col(row, "org_id")?,
+                public_key: row.try_get("public_key").map_err(classify)?,
+                sealed_private_key: row.try_get("private_key").map_err(classify)?,
+                description: row.try_get("description").map_err(classify)?,
+                org_role: OrgRole::parse(&role)
+                    .ok_or_else(|| StoreError::Other(anyhow!("unknown org role in database")))?,
+                created_at: row.try_get("created_at").map_err(classify)?,
+                project_roles: Vec::new(),
+                access_list: Vec::new(),
+            });
+        }
+        for row in &roles {
+            let key_id = id_col(row, "api_key_id")?;
+            let role: String = row.try_get("role").map_err(classify)?;
+            let role = ProjectRole::parse(&role)
+                .ok_or_else(|| StoreError::Other(anyhow!("unknown project role in database")))?;
+            if let Some(key) = keys.iter_mut().find(|k| k.id == key_id) {
+                key.project_roles.push((id_col(row, "project_id")?, role));
+            }
+        }
+        for row in &access {
+            let key_id = id_col(row, "api_key_id")?;
+            if let Some(key) = keys.iter_mut().find(|k| k.id == key_id) {
+                key.access_list.push(row.try_get("cidr").map_err(classify)?);
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn delete_api_key(&self, public_key: &str) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let Some(id) = Self::key_id(&mut tx, public_key).await? else {
+            return Ok(false);
+        };
+        for sql in [
+            "delete from api_key_project where api_key_id = $1",
+            "delete from api_key_access where api_key_id = $1",
+            "delete from api_key where id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn set_project_role(
+        &self,
+        public_key: &str,
+        project: GroupId,
+        role: ProjectRole,
+    ) -> StoreResult<()> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let id = Self::key_id(&mut tx, public_key)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "insert into api_key_project (api_key_id, project_id, role) values ($1, $2, $3) \
+             on conflict (api_key_id, project_id) do update set role = excluded.role",
+        )
+        .bind(id)
+        .bind(project.to_string())
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn remove_project_role(&self, public_key: &str, project: GroupId) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let id = Self::key_id(&mut tx, public_key)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let done =
+            sqlx::query("delete from api_key_project where api_key_id = $1 and project_id = $2")
+                .bind(id)
+                .bind(project.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn add_access_entry(&self, public_key: &str, cidr: &str) -> StoreResult<()> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let id = Self::key_id(&mut tx, public_key)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        sqlx::query(
+            "insert into api_key_access (api_key_id, cidr, created_at) values ($1, $2, $3) \
+             on conflict (api_key_id, cidr) do nothing",
+        )
+        .bind(id)
+        .bind(cidr)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn remove_access_entry(&self, public_key: &str, cidr: &str) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let id = Self::key_id(&mut tx, public_key)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let done = sqlx::query("delete from api_key_access where api_key_id = $1 and cidr = $2")
+            .bind(id)
+            .bind(cidr)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn auth_epoch(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("select value from auth_epoch where id = 1")
+            .fetch_one(&self.read)
+            .await
+            .map_err(classify)
+    }
+
+    async fn sealed_values(&self) -> StoreResult<Vec<(SealedRef, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let rows = sqlx::query("select group_id, type, config from integration order by seq")
+            .fetch_all(&self.read)
+            .await
+            .map_err(classify)?;
+        for row in &rows {
+            let kind: String = row.try_get("type").map_err(classify)?;
+            let kind = IntegrationType::parse(&kind)
+                .ok_or_else(|| StoreError::Other(anyhow!("unknown integration type")))?;
+            let at = SealedRef::Integration {
+                group: id_col(row, "group_id")?,
+                kind,
+            };
+            out.push((at, row.try_get("config").map_err(classify)?));
+        }
+        let rows = sqlx::query("select id, private_key from api_key order by id")
+            .fetch_all(&self.read)
+            .await
+            .map_err(classify)?;
+        for row in &rows {
+            let at = SealedRef::ApiKey {
+                id: id_col(row, "id")?,
+            };
+            out.push((at, row.try_get("private_key").map_err(classify)?));
+        }
+        let rows = sqlx::query("select name, value from meta order by name")
+            .fetch_all(&self.read)
+            .await
+            .map_err(classify)?;
+        for row in &rows {
+            let name: String = row.try_get("name").map_err(classify)?;
+            out.push((
+                SealedRef::Meta { name },
+                row.try_get("value").map_err(classify)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn reseal(&self, at: &SealedRef, old: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let query = match at {
+            SealedRef::Integration { group, kind } => sqlx::query(
+                "update integration set config = $1 where group_id = $2 and type = $3 \
+                 and config = $4",
+            )
+            .bind(new.to_vec())
+            .bind(group.to_string())
+            .bind(kind.as_str())
+            .bind(old.to_vec()),
+            SealedRef::ApiKey { id } => sqlx::query(
+                "update api_key set private_key = $1 where id = $2 and private_key = $3",
+            )
+            .bind(new.to_vec())
+            .bind(id.to_string())
+            .bind(old.to_vec()),
+            SealedRef::Meta { name } => {
+                sqlx::query("update meta set value = $1 where name = $2 and value = $3")
+                    .bind(new.to_vec())
+                    .bind(name.clone())
+                    .bind(old.to_vec())
+            }
+        };
+        let done = query.execute(&self.write).await.map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,375 @@
+//! The test harness: [`spawn_app`] starts the server in-process on a fresh database and returns
+//! a [`TestApp`] with the first-start credentials and a Digest-authenticating client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use atlas_integrations::config::{Global, Serve};
+use atlas_integrations::startup::Application;
+use md5::{Digest, Md5};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::pg::TestDb;
+
+/// Options for [`spawn_app_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--auth-failure-limit` (0 = no throttle, the default in tests).
+    pub auth_failure_limit: u32,
+    /// `--auth-cooldown-secs`.
+    pub auth_cooldown_secs: u64,
+    /// `--nonce-ttl-secs`.
+    pub nonce_ttl_secs: u64,
+    /// `--public-url`.
+    pub public_url: Option<String>,
+    /// `--trusted-proxy`.
+    pub trusted_proxies: Vec<String>,
+    /// `--project-rate-limit`.
+    pub project_rate_limit: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            auth_failure_limit: 0,
+            auth_cooldown_secs: 60,
+            nonce_ttl_secs: 300,
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            project_rate_limit: None,
+        }
+    }
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The first-start project.
+    pub group: String,
+    /// The first-start organization.
+    pub org: String,
+    /// The first-start ORG_OWNER key.
+    pub public_key: String,
+    /// Its private key.
+    pub private_key: String,
+    /// Options shared with the CLI (same database, data dir, master key).
+    pub global: Global,
+    /// A Digest client logged in with the owner key.
+    pub client: DigestClient,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+    _db: Option<TestDb>,
+}
+
+/// Which backend the suite runs on: `ATLAS_TEST_BACKEND=postgres` or SQLite.
+pub fn backend_is_postgres() -> bool {
+    std::env::var("ATLAS_TEST_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// Starts the server with default test options.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+/// Starts the server with `options` on a fresh database.
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = if backend_is_postgres() {
+        Some(TestDb::create().await.expect("ATLAS_TEST_BACKEND=postgres but PostgreSQL is not reachable"))
+    } else {
+        None
+    };
+    let global = Global {
+        database_url: Some(match &db {
+            Some(db) => db.url().to_owned(),
+            None => atlas_integrations::store::sqlite::url_for_path(&dir.path().join("test.db")),
+        }),
+        data_dir: dir.path().join("data"),
+        master_key_file: None,
+        pool_size: 4,
+    };
+    let serve = Serve {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: options.public_url.clone(),
+        no_migrate: false,
+        auth_failure_limit: options.auth_failure_limit,
+        auth_cooldown_secs: options.auth_cooldown_secs,
+        nonce_ttl_secs: options.nonce_ttl_secs,
+        trusted_proxies: options.trusted_proxies.clone(),
+        project_rate_limit: options.project_rate_limit,
+        auth_refresh_ms: 100,
+    };
+    let app = Application::build(&global, &serve).await.expect("build app");
+    let addr = app.local_addr().expect("addr");
+    let first = app.first_start().expect("first start on a fresh database");
+    let group = first.group_id.to_string();
+    let org = first.org_id.to_string();
+    let public_key = first.public_key.clone();
+    let private_key = secrecy::ExposeSecret::expose_secret(&first.private_key).to_owned();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server");
+    });
+    let base = format!("http://{addr}");
+    TestApp {
+        addr,
+        client: DigestClient::new(&base, &public_key, &private_key),
+        base,
+        group,
+        org,
+        public_key,
+        private_key,
+        global,
+        shutdown: Some(tx),
+        server: Some(server),
+        _dir: dir,
+        _db: db,
+    }
+}
+
+impl TestApp {
+    /// `/api/atlas/v1.0/groups/{group}/integrations` (+ `/{suffix}` when not empty).
+    pub fn v1(&self, suffix: &str) -> String {
+        path("v1.0", &self.group, suffix)
+    }
+
+    /// `/api/atlas/v2/groups/{group}/integrations` (+ `/{suffix}`).
+    pub fn v2(&self, suffix: &str) -> String {
+        path("v2", &self.group, suffix)
+    }
+
+    /// A Digest client for another key.
+    pub fn client_for(&self, public_key: &str, private_key: &str) -> DigestClient {
+        DigestClient::new(&self.base, public_key, private_key)
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An API path.
+pub fn path(version: &str, group: &str, suffix: &str) -> String {
+    if suffix.is_empty() {
+        format!("/api/atlas/{version}/groups/{group}/integrations")
+    } else {
+        format!("/api/atlas/{version}/groups/{group}/integrations/{suffix}")
+    }
+}
+
+/// The v2 Accept header value.
+pub const V2: &str = "application/vnd.atlas.2023-01-01+json";
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub text: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap_or("<binary>").to_owned())
+    }
+
+    /// Asserts an Atlas error: status, errorCode and parameters.
+    pub fn assert_error(&self, status: u16, code: &str, parameters: &[&str]) {
+        assert_eq!(self.status.as_u16(), status, "status; body: {}", self.text);
+        let body = self.json();
+        assert_eq!(body["errorCode"], code, "errorCode; body: {}", self.text);
+        assert_eq!(body["error"], status, "error field; body: {}", self.text);
+        assert!(body["detail"].is_string(), "detail; body: {}", self.text);
+        assert!(body["reason"].is_string(), "reason; body: {}", self.text);
+        let expected: Vec<Value> = parameters.iter().map(|p| Value::String((*p).to_owned())).collect();
+        assert_eq!(body["parameters"], Value::Array(expected), "parameters; body: {}", self.text);
+    }
+}
+
+/// An HTTP client that answers Digest challenges like curl does (MD5, qop=auth), reusing the
+/// nonce with a rising `nc` until the server says it is stale.
+pub struct DigestClient {
+    base: String,
+    http: reqwest::Client,
+    user: String,
+    password: String,
+    nonce: Mutex<Option<(String, u32)>>,
+}
+
+impl DigestClient {
+    /// A client for `base` with these credentials.
+    pub fn new(base: &str, user: &str, password: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+            nonce: Mutex::new(None),
+        }
+    }
+
+    /// The raw reqwest client (no authentication).
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// GET `path` (v2 paths get the v2 Accept header).
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None, &[]).await
+    }
+
+    /// POST a JSON text.
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        self.send(Method::POST, path, Some(body), &[]).await
+    }
+
+    /// PUT a JSON text.
+    pub async fn put(&self, path: &str, body: &str) -> Reply {
+        self.send(Method::PUT, path, Some(body), &[]).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, path, None, &[]).await
+    }
+
+    /// Any request. A path under `/api/atlas/v2/` gets `Accept: application/vnd.atlas.2023-01-01+json`
+    /// unless `headers` sets Accept; bodies are sent as `application/json`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        for _ in 0..3 {
+            let auth = self.authorization(method.as_str(), path);
+            let reply = send_raw(&self.http, &self.base, method.clone(), path, body, headers, auth.as_deref()).await;
+            if reply.status == StatusCode::UNAUTHORIZED {
+                if let Some(challenge) = reply.header("www-authenticate") {
+                    let stale = challenge.contains("stale=true");
+                    let had_nonce = auth.is_some();
+                    if let Some(nonce) = challenge_param(&challenge, "nonce") {
+                        *self.nonce.lock().expect("lock") = Some((nonce, 0));
+                        if !had_nonce || stale {
+                            continue;
+                        }
+                    }
+                }
+            }
+            return reply;
+        }
+        panic!("the server kept challenging {method} {path}");
+    }
+
+    fn authorization(&self, method: &str, uri: &str) -> Option<String> {
+        let mut guard = self.nonce.lock().expect("lock");
+        let (nonce, nc) = guard.as_mut()?;
+        *nc += 1;
+        Some(digest_header(&self.user, &self.password, method, uri, nonce, *nc, &format!("{:016x}", rand_u64())))
+    }
+}
+
+/// Sends one request without answering challenges; `authorization` is sent as is.
+pub async fn send_raw(
+    http: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+    authorization: Option<&str>,
+) -> Reply {
+    let mut request = http.request(method, format!("{base}{path}"));
+    if path.starts_with("/api/atlas/v2/") && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("accept")) {
+        request = request.header("accept", V2);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(auth) = authorization {
+        request = request.header("authorization", auth);
+    }
+    if let Some(body) = body {
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+            request = request.header("content-type", "application/json");
+        }
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    Reply { status, headers, text }
+}
+
+/// Builds a Digest `Authorization` header value (MD5, qop=auth).
+pub fn digest_header(user: &str, password: &str, method: &str, uri: &str, nonce: &str, nc: u32, cnonce: &str) -> String {
+    let ha1 = md5_hex(&format!("{user}:MMS Public API:{password}"));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"MMS Public API\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         algorithm=MD5, response=\"{response}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\""
+    )
+}
+
+/// Lowercase hex MD5.
+pub fn md5_hex(text: &str) -> String {
+    Md5::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A parameter of a `WWW-Authenticate` challenge.
+pub fn challenge_param(challenge: &str, name: &str) -> Option<String> {
+    let start = challenge.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = challenge[start..].find('"')? + start;
+    Some(challenge[start..end].to_owned())
+}
+
+fn rand_u64() -> u64 {
+    use rand::Rng;
+    rand::thread_rng().gen()
+}
+
+/// The path of the server binary built for the tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_atlas-integrations"))
+}

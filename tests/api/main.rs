@@ -1,0 +1,10 @@
+//! API tests: the real server on 127.0.0.1, port 0, with a fresh database per test (SQLite by
+//! default; PostgreSQL with `ATLAS_TEST_BACKEND=postgres`), driven over HTTP with a Digest
+//! client.
+
+mod helpers;
+#[path = "../common/pg.rs"]
+mod pg;
+mod auth;
+mod cli;
+mod integrations;

@@ -1,0 +1,855 @@
+//! The storage contract: every [`Store`] method and its edge cases, run against SQLite and
+//! PostgreSQL alike, plus the rules that need a backend of their own (concurrent creates,
+//! identical migrations, SQLite durability).
+//!
+//! PostgreSQL tests use a fresh database per test on the server named by `TEST_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`) and pass with a note on stderr when it
+//! is not reachable, unless `ATLAS_REQUIRE_POSTGRES=1`.
+
+mod common {
+    pub mod pg;
+}
+
+use std::sync::Arc;
+
+use atlas_integrations::domain::ids::{GroupId, ObjectId};
+use atlas_integrations::domain::integration::IntegrationType;
+use atlas_integrations::store::{
+    self, now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError,
+    StoredIntegration,
+};
+use common::pg::TestDb;
+use tempfile::TempDir;
+
+/// A store on a fresh, migrated database, with what must outlive it. Fields drop in order:
+/// the store (and its connections) before its database.
+struct Fresh {
+    store: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+    _db: Option<TestDb>,
+}
+
+async fn fresh_sqlite(pool_size: u32) -> Fresh {
+    let dir = TempDir::new().expect("temporary directory");
+    let url = store::sqlite::url_for_path(&dir.path().join("atlas.db"));
+    let store = store::open(&url, true, pool_size)
+        .await
+        .expect("open a fresh SQLite store");
+    Fresh {
+        store,
+        _dir: Some(dir),
+        _db: None,
+    }
+}
+
+/// `None` when PostgreSQL is not reachable (and not required): the caller returns early.
+async fn fresh_postgres(pool_size: u32) -> Option<Fresh> {
+    let db = TestDb::create().await?;
+    let store = store::open(db.url(), true, pool_size)
+        .await
+        .expect("open a fresh PostgreSQL store");
+    Some(Fresh {
+        store,
+        _dir: None,
+        _db: Some(db),
+    })
+}
+
+fn integration(kind: IntegrationType, sealed: &[u8]) -> StoredIntegration {
+    StoredIntegration {
+        id: ObjectId::generate(),
+        kind,
+        sealed: sealed.to_vec(),
+    }
+}
+
+fn org(name: &str, created_at: i64) -> Org {
+    Org {
+        id: ObjectId::generate(),
+        name: name.to_owned(),
+        created_at,
+    }
+}
+
+fn project(org: &Org, name: &str, created_at: i64) -> Project {
+    Project {
+        id: ObjectId::generate(),
+        org_id: org.id,
+        name: name.to_owned(),
+        created_at,
+    }
+}
+
+/// An API key as `list_api_keys` returns it, with roles and access list in a fixed order (the
+/// contract does not fix theirs).
+fn normalized(mut key: ApiKey) -> ApiKey {
+    key.project_roles.sort_by_key(|(group, _)| *group);
+    key.access_list.sort();
+    key
+}
+
+async fn listed_key(store: &dyn Store, public_key: &str) -> Option<ApiKey> {
+    store
+        .list_api_keys()
+        .await
+        .expect("list_api_keys")
+        .into_iter()
+        .find(|k| k.public_key == public_key)
+        .map(normalized)
+}
+
+async fn epoch(store: &dyn Store) -> i64 {
+    store.auth_epoch().await.expect("auth_epoch")
+}
+
+/// Checks that `auth_epoch` rose above `before`; returns the new value.
+async fn rose(store: &dyn Store, before: i64, after_what: &str) -> i64 {
+    let now = epoch(store).await;
+    assert!(
+        now > before,
+        "auth_epoch did not rise after {after_what}: {before} -> {now}"
+    );
+    now
+}
+
+async fn integrations(store: &dyn Store, group: GroupId) -> Vec<StoredIntegration> {
+    store
+        .list_integrations(group)
+        .await
+        .expect("list_integrations")
+}
+
+/// Every trait method and its edge cases, on an empty store.
+async fn story(store: &dyn Store) {
+    store.ping().await.expect("ping");
+    let base = now_ms();
+    let unknown = ObjectId::generate();
+
+    // Organizations, oldest first whatever the insertion order.
+    assert!(store.list_orgs().await.expect("list_orgs").is_empty());
+    let org_a = org("Org A", base);
+    let org_b = org("Org B", base + 1);
+    store.create_org(&org_b).await.expect("create org B");
+    store.create_org(&org_a).await.expect("create org A");
+    assert_eq!(
+        store.list_orgs().await.expect("list_orgs"),
+        [org_a.clone(), org_b.clone()]
+    );
+
+    // Projects.
+    let start = epoch(store).await;
+    let p1 = project(&org_a, "p1", base + 10);
+    let p2 = project(&org_a, "p2", base + 11);
+    let p3 = project(&org_b, "p3", base + 12);
+    store.create_project(&p1).await.expect("create p1");
+    let mut e = rose(store, start, "create_project").await;
+    store.create_project(&p3).await.expect("create p3");
+    store.create_project(&p2).await.expect("create p2");
+    rose(store, e, "create_project").await;
+    let orphan = project(&org_a, "orphan", base + 13);
+    let orphan = Project {
+        org_id: unknown,
+        ..orphan
+    };
+    let refused = store.create_project(&orphan).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "create_project with an unknown org: expected NotFound, got {refused:?}"
+    );
+    assert_eq!(store.project(orphan.id).await.expect("project"), None);
+    assert_eq!(
+        store.project(p1.id).await.expect("project"),
+        Some(p1.clone())
+    );
+    assert_eq!(store.project(unknown).await.expect("project"), None);
+    assert_eq!(
+        store
+            .list_projects(Some(org_a.id))
+            .await
+            .expect("list_projects"),
+        [p1.clone(), p2.clone()]
+    );
+    assert_eq!(
+        store
+            .list_projects(Some(org_b.id))
+            .await
+            .expect("list_projects"),
+        std::slice::from_ref(&p3)
+    );
+    assert_eq!(
+        store.list_projects(None).await.expect("list_projects"),
+        [p1.clone(), p2.clone(), p3.clone()]
+    );
+    assert!(store
+        .list_projects(Some(unknown))
+        .await
+        .expect("list_projects")
+        .is_empty());
+
+    // Integrations: none of these writes touches auth_epoch.
+    let e_before_integrations = epoch(store).await;
+    assert!(integrations(store, p1.id).await.is_empty());
+    let pager_duty = integration(IntegrationType::PagerDuty, b"pager duty v1");
+    let slack = integration(IntegrationType::Slack, &[0, 1, 127, 128, 255, 0]);
+    let datadog = integration(IntegrationType::Datadog, b"datadog v1");
+    for it in [&pager_duty, &slack, &datadog] {
+        store
+            .create_integration(p1.id, it)
+            .await
+            .unwrap_or_else(|err| panic!("create {}: {err}", it.kind));
+    }
+    let again = integration(IntegrationType::PagerDuty, b"pager duty again");
+    let refused = store.create_integration(p1.id, &again).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "second create of PAGER_DUTY: expected Conflict, got {refused:?}"
+    );
+    let refused = store
+        .create_integration(unknown, &integration(IntegrationType::Slack, b"x"))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "create_integration on an unknown project: expected NotFound, got {refused:?}"
+    );
+    assert_eq!(
+        integrations(store, p1.id).await,
+        [pager_duty.clone(), slack.clone(), datadog.clone()],
+        "list in creation order, the refused create changing nothing"
+    );
+    assert_eq!(
+        store
+            .get_integration(p1.id, IntegrationType::Slack)
+            .await
+            .expect("get_integration"),
+        Some(slack.clone())
+    );
+    assert_eq!(
+        store
+            .get_integration(p1.id, IntegrationType::Webhook)
+            .await
+            .expect("get_integration"),
+        None
+    );
+
+    // Replace keeps the id and the position.
+    let slack_v2 = integration(IntegrationType::Slack, b"slack v2");
+    assert_eq!(
+        store
+            .replace_integration(p1.id, &slack_v2)
+            .await
+            .expect("replace SLACK"),
+        slack.id
+    );
+    let slack = StoredIntegration {
+        sealed: slack_v2.sealed.clone(),
+        ..slack
+    };
+    assert_eq!(
+        integrations(store, p1.id).await,
+        [pager_duty.clone(), slack.clone(), datadog.clone()]
+    );
+
+    // Replace of a missing type creates it, with the given id, at the end.
+    let webhook = integration(IntegrationType::Webhook, b"webhook v1");
+    assert_eq!(
+        store
+            .replace_integration(p1.id, &webhook)
+            .await
+            .expect("replace WEBHOOK"),
+        webhook.id
+    );
+    assert_eq!(
+        integrations(store, p1.id).await,
+        [
+            pager_duty.clone(),
+            slack.clone(),
+            datadog.clone(),
+            webhook.clone()
+        ]
+    );
+
+    // Delete, then create again: at the end, with the new id.
+    assert!(store
+        .delete_integration(p1.id, IntegrationType::PagerDuty)
+        .await
+        .expect("delete PAGER_DUTY"));
+    assert!(!store
+        .delete_integration(p1.id, IntegrationType::PagerDuty)
+        .await
+        .expect("delete PAGER_DUTY again"));
+    assert!(!store
+        .delete_integration(p1.id, IntegrationType::Prometheus)
+        .await
+        .expect("delete missing PROMETHEUS"));
+    assert_eq!(
+        store
+            .get_integration(p1.id, IntegrationType::PagerDuty)
+            .await
+            .expect("get_integration"),
+        None
+    );
+    let pager_duty = integration(IntegrationType::PagerDuty, b"pager duty v2");
+    store
+        .create_integration(p1.id, &pager_duty)
+        .await
+        .expect("create PAGER_DUTY again");
+    let p1_integrations = [
+        slack.clone(),
+        datadog.clone(),
+        webhook.clone(),
+        pager_duty.clone(),
+    ];
+    assert_eq!(integrations(store, p1.id).await, p1_integrations);
+
+    // Projects have separate integrations: the same type in another project is no conflict.
+    let p2_pager_duty = integration(IntegrationType::PagerDuty, b"p2 pager duty");
+    store
+        .create_integration(p2.id, &p2_pager_duty)
+        .await
+        .expect("create PAGER_DUTY in p2");
+    assert_eq!(
+        integrations(store, p2.id).await,
+        std::slice::from_ref(&p2_pager_duty)
+    );
+    assert!(store
+        .delete_integration(p2.id, IntegrationType::PagerDuty)
+        .await
+        .expect("delete PAGER_DUTY in p2"));
+    assert_eq!(integrations(store, p1.id).await, p1_integrations);
+    assert!(integrations(store, p2.id).await.is_empty());
+    store
+        .create_integration(p2.id, &p2_pager_duty)
+        .await
+        .expect("create PAGER_DUTY in p2 again");
+    let p3_slack = integration(IntegrationType::Slack, b"p3 slack");
+    store
+        .replace_integration(p3.id, &p3_slack)
+        .await
+        .expect("replace SLACK in p3");
+    assert_eq!(
+        integrations(store, p3.id).await,
+        std::slice::from_ref(&p3_slack)
+    );
+    assert_eq!(
+        epoch(store).await,
+        e_before_integrations,
+        "integration writes must not change auth_epoch"
+    );
+
+    // API keys.
+    let key1 = ApiKey {
+        id: ObjectId::generate(),
+        org_id: org_a.id,
+        public_key: "abcdefgh".to_owned(),
+        sealed_private_key: vec![9, 0, 255, 1],
+        description: "first key".to_owned(),
+        org_role: OrgRole::ReadOnly,
+        created_at: base + 20,
+        project_roles: vec![(p1.id, ProjectRole::Owner), (p2.id, ProjectRole::ReadOnly)],
+        access_list: vec!["10.0.0.0/8".to_owned(), "192.168.1.1".to_owned()],
+    };
+    let key2 = ApiKey {
+        id: ObjectId::generate(),
+        org_id: org_b.id,
+        public_key: "ijklmnop".to_owned(),
+        sealed_private_key: b"sealed private 2".to_vec(),
+        description: String::new(),
+        org_role: OrgRole::Owner,
+        created_at: base + 21,
+        project_roles: Vec::new(),
+        access_list: Vec::new(),
+    };
+    e = epoch(store).await;
+    store.create_api_key(&key1).await.expect("create key 1");
+    e = rose(store, e, "create_api_key").await;
+    store.create_api_key(&key2).await.expect("create key 2");
+    e = rose(store, e, "create_api_key").await;
+    let duplicate = ApiKey {
+        id: ObjectId::generate(),
+        ..key2.clone()
+    };
+    let refused = store.create_api_key(&duplicate).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "create_api_key with a public key in use: expected Conflict, got {refused:?}"
+    );
+    let homeless = ApiKey {
+        id: ObjectId::generate(),
+        org_id: unknown,
+        public_key: "qrstuvwx".to_owned(),
+        ..key2.clone()
+    };
+    let refused = store.create_api_key(&homeless).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "create_api_key with an unknown org: expected NotFound, got {refused:?}"
+    );
+    let badly_roled = ApiKey {
+        id: ObjectId::generate(),
+        public_key: "qrstuvwx".to_owned(),
+        project_roles: vec![(unknown, ProjectRole::Owner)],
+        access_list: vec!["10.1.0.0/16".to_owned()],
+        ..key2.clone()
+    };
+    let refused = store.create_api_key(&badly_roled).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "create_api_key with a role on an unknown project: expected NotFound, got {refused:?}"
+    );
+    let keys = store.list_api_keys().await.expect("list_api_keys");
+    assert_eq!(
+        keys.len(),
+        2,
+        "refused creates must leave nothing behind: {keys:?}"
+    );
+    assert_eq!(
+        listed_key(store, "abcdefgh").await,
+        Some(normalized(key1.clone()))
+    );
+    assert_eq!(
+        listed_key(store, "ijklmnop").await,
+        Some(normalized(key2.clone()))
+    );
+
+    // Project roles.
+    store
+        .set_project_role("ijklmnop", p3.id, ProjectRole::ReadOnly)
+        .await
+        .expect("set_project_role");
+    e = rose(store, e, "set_project_role (insert)").await;
+    assert_eq!(
+        listed_key(store, "ijklmnop")
+            .await
+            .expect("key 2")
+            .project_roles,
+        [(p3.id, ProjectRole::ReadOnly)]
+    );
+    store
+        .set_project_role("ijklmnop", p3.id, ProjectRole::Owner)
+        .await
+        .expect("set_project_role");
+    e = rose(store, e, "set_project_role (change)").await;
+    assert_eq!(
+        listed_key(store, "ijklmnop")
+            .await
+            .expect("key 2")
+            .project_roles,
+        [(p3.id, ProjectRole::Owner)]
+    );
+    let refused = store
+        .set_project_role("zzzzzzzz", p3.id, ProjectRole::Owner)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "set_project_role for an unknown key: expected NotFound, got {refused:?}"
+    );
+    let refused = store
+        .set_project_role("ijklmnop", unknown, ProjectRole::Owner)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "set_project_role on an unknown project: expected NotFound, got {refused:?}"
+    );
+    assert!(store
+        .remove_project_role("ijklmnop", p3.id)
+        .await
+        .expect("remove_project_role"));
+    e = rose(store, e, "remove_project_role").await;
+    assert!(!store
+        .remove_project_role("ijklmnop", p3.id)
+        .await
+        .expect("remove_project_role again"));
+    assert!(listed_key(store, "ijklmnop")
+        .await
+        .expect("key 2")
+        .project_roles
+        .is_empty());
+
+    // Access list.
+    store
+        .add_access_entry("ijklmnop", "203.0.113.0/24")
+        .await
+        .expect("add_access_entry");
+    e = rose(store, e, "add_access_entry").await;
+    store
+        .add_access_entry("ijklmnop", "203.0.113.0/24")
+        .await
+        .expect("add_access_entry again (idempotent)");
+    store
+        .add_access_entry("ijklmnop", "2001:db8::/32")
+        .await
+        .expect("add_access_entry");
+    e = rose(store, e, "add_access_entry").await;
+    assert_eq!(
+        listed_key(store, "ijklmnop")
+            .await
+            .expect("key 2")
+            .access_list,
+        ["2001:db8::/32", "203.0.113.0/24"]
+    );
+    let refused = store.add_access_entry("zzzzzzzz", "10.0.0.1").await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "add_access_entry for an unknown key: expected NotFound, got {refused:?}"
+    );
+    assert!(store
+        .remove_access_entry("ijklmnop", "203.0.113.0/24")
+        .await
+        .expect("remove_access_entry"));
+    e = rose(store, e, "remove_access_entry").await;
+    assert!(!store
+        .remove_access_entry("ijklmnop", "203.0.113.0/24")
+        .await
+        .expect("remove_access_entry again"));
+    assert_eq!(
+        listed_key(store, "ijklmnop")
+            .await
+            .expect("key 2")
+            .access_list,
+        ["2001:db8::/32"]
+    );
+
+    // Deleting a project removes its integrations and the roles on it, nothing else.
+    assert!(store.delete_project(p2.id).await.expect("delete p2"));
+    rose(store, e, "delete_project").await;
+    assert_eq!(store.project(p2.id).await.expect("project"), None);
+    assert_eq!(
+        store.list_projects(None).await.expect("list_projects"),
+        [p1.clone(), p3.clone()]
+    );
+    assert!(integrations(store, p2.id).await.is_empty());
+    assert_eq!(
+        store
+            .get_integration(p2.id, IntegrationType::PagerDuty)
+            .await
+            .expect("get_integration"),
+        None
+    );
+    assert_eq!(integrations(store, p1.id).await, p1_integrations);
+    assert_eq!(
+        listed_key(store, "abcdefgh")
+            .await
+            .expect("key 1")
+            .project_roles,
+        [(p1.id, ProjectRole::Owner)]
+    );
+    assert!(!store.delete_project(p2.id).await.expect("delete p2 again"));
+
+    // Metadata: the first value stays.
+    assert_eq!(store.meta("salt").await.expect("meta"), None);
+    assert_eq!(
+        store
+            .put_meta_if_absent("salt", b"first")
+            .await
+            .expect("put_meta_if_absent"),
+        b"first"
+    );
+    assert_eq!(
+        store
+            .put_meta_if_absent("salt", b"second")
+            .await
+            .expect("put_meta_if_absent again"),
+        b"first"
+    );
+    assert_eq!(
+        store.meta("salt").await.expect("meta"),
+        Some(b"first".to_vec())
+    );
+    let check: &[u8] = &[0, 200, 13, 10];
+    store
+        .put_meta_if_absent("check", check)
+        .await
+        .expect("put_meta_if_absent");
+
+    // Every sealed value, and nothing else.
+    let mut expected: Vec<(SealedRef, Vec<u8>)> = p1_integrations
+        .iter()
+        .map(|it| {
+            let at = SealedRef::Integration {
+                group: p1.id,
+                kind: it.kind,
+            };
+            (at, it.sealed.clone())
+        })
+        .collect();
+    expected.push((
+        SealedRef::Integration {
+            group: p3.id,
+            kind: IntegrationType::Slack,
+        },
+        p3_slack.sealed.clone(),
+    ));
+    for key in [&key1, &key2] {
+        let at = SealedRef::ApiKey { id: key.id };
+        expected.push((at, key.sealed_private_key.clone()));
+    }
+    expected.push((
+        SealedRef::Meta {
+            name: "salt".to_owned(),
+        },
+        b"first".to_vec(),
+    ));
+    expected.push((
+        SealedRef::Meta {
+            name: "check".to_owned(),
+        },
+        check.to_vec(),
+    ));
+    let sealed = store.sealed_values().await.expect("sealed_values");
+    assert_eq!(
+        sealed.len(),
+        expected.len(),
+        "sealed_values: {sealed:?}, expected {expected:?}"
+    );
+    for entry in &expected {
+        assert!(
+            sealed.contains(entry),
+            "sealed_values lacks {entry:?}: {sealed:?}"
+        );
+    }
+
+    // Reseal is compare-and-swap, for each kind of sealed value.
+    let at = SealedRef::Integration {
+        group: p1.id,
+        kind: IntegrationType::Datadog,
+    };
+    assert!(!store
+        .reseal(&at, b"not the stored value", b"resealed")
+        .await
+        .expect("reseal"));
+    assert_eq!(integrations(store, p1.id).await, p1_integrations);
+    assert!(store
+        .reseal(&at, &datadog.sealed, b"datadog resealed")
+        .await
+        .expect("reseal"));
+    assert!(
+        !store
+            .reseal(&at, &datadog.sealed, b"again")
+            .await
+            .expect("reseal"),
+        "reseal with a stale old value"
+    );
+    let datadog = StoredIntegration {
+        sealed: b"datadog resealed".to_vec(),
+        ..datadog
+    };
+    let p1_integrations = [slack, datadog, webhook, pager_duty];
+    assert_eq!(integrations(store, p1.id).await, p1_integrations);
+    let missing = SealedRef::Integration {
+        group: p1.id,
+        kind: IntegrationType::Prometheus,
+    };
+    assert!(!store
+        .reseal(&missing, b"", b"new")
+        .await
+        .expect("reseal missing"));
+
+    let at = SealedRef::ApiKey { id: key1.id };
+    assert!(!store.reseal(&at, b"wrong", b"new").await.expect("reseal"));
+    assert!(store
+        .reseal(&at, &key1.sealed_private_key, b"key 1 resealed")
+        .await
+        .expect("reseal"));
+    assert_eq!(
+        listed_key(store, "abcdefgh")
+            .await
+            .expect("key 1")
+            .sealed_private_key,
+        b"key 1 resealed"
+    );
+
+    let at = SealedRef::Meta {
+        name: "salt".to_owned(),
+    };
+    assert!(!store.reseal(&at, b"second", b"new").await.expect("reseal"));
+    assert!(store
+        .reseal(&at, b"first", b"salt resealed")
+        .await
+        .expect("reseal"));
+    assert_eq!(
+        store.meta("salt").await.expect("meta"),
+        Some(b"salt resealed".to_vec())
+    );
+    let at = SealedRef::Meta {
+        name: "absent".to_owned(),
+    };
+    assert!(!store
+        .reseal(&at, b"", b"new")
+        .await
+        .expect("reseal missing"));
+    assert_eq!(store.meta("absent").await.expect("meta"), None);
+
+    // Deleting keys, with their roles and access lists.
+    e = epoch(store).await;
+    assert!(store
+        .delete_api_key("ijklmnop")
+        .await
+        .expect("delete key 2"));
+    e = rose(store, e, "delete_api_key").await;
+    assert_eq!(listed_key(store, "ijklmnop").await, None);
+    assert!(!store
+        .delete_api_key("ijklmnop")
+        .await
+        .expect("delete key 2 again"));
+    assert!(store
+        .delete_api_key("abcdefgh")
+        .await
+        .expect("delete key 1"));
+    rose(store, e, "delete_api_key").await;
+    assert!(store
+        .list_api_keys()
+        .await
+        .expect("list_api_keys")
+        .is_empty());
+    let refused = store.add_access_entry("abcdefgh", "10.0.0.1").await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "add_access_entry for a deleted key: expected NotFound, got {refused:?}"
+    );
+    // The same key created again starts without the old roles and access list.
+    let reborn = ApiKey {
+        project_roles: Vec::new(),
+        access_list: Vec::new(),
+        ..key1.clone()
+    };
+    store
+        .create_api_key(&reborn)
+        .await
+        .expect("create key 1 again");
+    assert_eq!(listed_key(store, "abcdefgh").await, Some(reborn));
+    let sealed = store.sealed_values().await.expect("sealed_values");
+    assert_eq!(
+        sealed
+            .iter()
+            .filter(|(at, _)| matches!(at, SealedRef::ApiKey { .. }))
+            .count(),
+        1,
+        "sealed_values after deleting key 2: {sealed:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_story() {
+    let fresh = fresh_sqlite(4).await;
+    story(fresh.store.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_story() {
+    let Some(fresh) = fresh_postgres(4).await else {
+        return;
+    };
+    story(fresh.store.as_ref()).await;
+}
+
+/// 16 tasks create the same `(project, type)` at once: exactly one wins, 15 get `Conflict`,
+/// and the winner's row is the one stored.
+async fn concurrent_creates(store: Arc<dyn Store>) {
+    const TASKS: usize = 16;
+    let org = org("Org", now_ms());
+    store.create_org(&org).await.expect("create org");
+    let group = project(&org, "p", now_ms());
+    store.create_project(&group).await.expect("create project");
+    let group = group.id;
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let start = Arc::clone(&start);
+            let it = integration(IntegrationType::Webhook, format!("config {i}").as_bytes());
+            tokio::spawn(async move {
+                start.wait().await;
+                let result = store.create_integration(group, &it).await;
+                (it, result)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            (it, Ok(())) => winners.push(it),
+            (_, Err(StoreError::Conflict(_))) => conflicts += 1,
+            (_, Err(err)) => panic!("expected Ok or Conflict, got {err:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "successful creates: {winners:?}");
+    assert_eq!(conflicts, TASKS - 1);
+    assert_eq!(
+        store
+            .list_integrations(group)
+            .await
+            .expect("list_integrations"),
+        winners
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_creates_of_one_type_on_sqlite_give_one_success_and_fifteen_conflicts() {
+    let fresh = fresh_sqlite(16).await;
+    concurrent_creates(Arc::clone(&fresh.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_creates_of_one_type_on_postgres_give_one_success_and_fifteen_conflicts()
+{
+    let Some(fresh) = fresh_postgres(16).await else {
+        return;
+    };
+    concurrent_creates(Arc::clone(&fresh.store)).await;
+}
+
+#[test]
+fn sqlite_and_postgres_migrations_have_the_same_versions_and_descriptions() {
+    let versions = |migrator: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+        migrator
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect()
+    };
+    let sqlite = versions(store::sqlite::migrator());
+    let postgres = versions(store::postgres::migrator());
+    assert!(!sqlite.is_empty(), "no SQLite migrations embedded");
+    assert_eq!(sqlite, postgres);
+}
+
+#[tokio::test]
+async fn an_sqlite_write_survives_closing_and_reopening_the_file() {
+    let dir = TempDir::new().expect("temporary directory");
+    let url = store::sqlite::url_for_path(&dir.path().join("atlas.db"));
+    let org = org("Org", now_ms());
+    let group = project(&org, "p", now_ms());
+    let webhook = integration(IntegrationType::Webhook, &[1, 2, 3, 0, 255]);
+    {
+        let store = store::open(&url, true, 2).await.expect("open");
+        store.create_org(&org).await.expect("create org");
+        store.create_project(&group).await.expect("create project");
+        store
+            .create_integration(group.id, &webhook)
+            .await
+            .expect("create integration");
+        store
+            .put_meta_if_absent("salt", b"kept")
+            .await
+            .expect("put_meta_if_absent");
+        drop(store);
+    }
+    // Migrating again is a no-op on a migrated file.
+    let store = store::open(&url, true, 2).await.expect("reopen");
+    assert_eq!(store.list_orgs().await.expect("list_orgs"), [org]);
+    assert_eq!(
+        store.project(group.id).await.expect("project"),
+        Some(group.clone())
+    );
+    assert_eq!(
+        store
+            .list_integrations(group.id)
+            .await
+            .expect("list_integrations"),
+        [webhook]
+    );
+    assert_eq!(
+        store.meta("salt").await.expect("meta"),
+        Some(b"kept".to_vec())
+    );
+}
