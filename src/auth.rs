@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crypto::Keyring;
 use crate::domain::ids::{GroupId, ObjectId, OrgId};
+use crate::rotation::LiveKeys;
 use crate::store::{ApiKey, OrgRole, ProjectRole, Store, StoreError};
 use digest::{Credentials, NonceKey, NonceStatus, ReplayGuard, ReplayVerdict};
 use throttle::FailureThrottle;
@@ -105,7 +105,7 @@ impl Default for AuthSettings {
 /// The authenticator shared by all requests.
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    keyring: Keyring,
+    keyring: Arc<LiveKeys>,
     nonce_key: NonceKey,
     settings: AuthSettings,
     replay: ReplayGuard,
@@ -122,7 +122,7 @@ impl Authenticator {
     /// Builds the authenticator and loads the key cache.
     pub async fn new(
         store: Arc<dyn Store>,
-        keyring: Keyring,
+        keyring: Arc<LiveKeys>,
         nonce_key: NonceKey,
         settings: AuthSettings,
     ) -> Result<Arc<Self>, StoreError> {
@@ -147,6 +147,9 @@ impl Authenticator {
 
     /// Reloads the caches if the database's auth epoch moved. Returns whether it reloaded.
     pub async fn refresh(&self) -> Result<bool, StoreError> {
+        if let Err(err) = self.keyring.adopt_pending(self.store.as_ref()).await {
+            tracing::error!(error = %err, "cannot adopt the pending master key");
+        }
         let epoch = self.store.auth_epoch().await?;
         if epoch == self.epoch.load(Ordering::Acquire) {
             return Ok(false);
@@ -176,6 +179,7 @@ impl Authenticator {
     fn cache_entry(&self, key: &ApiKey) -> Option<CachedKey> {
         let plain = self
             .keyring
+            .ring()
             .decrypt(&private_key_aad(&key.public_key), &key.sealed_private_key)
             .ok()?;
         let text = std::str::from_utf8(plain.expose_secret()).ok()?.to_owned();

@@ -373,6 +373,24 @@ impl Keyring {
         self
     }
 
+    /// A ring that encrypts with `new` and still decrypts with every key of this one (the
+    /// state of a rotation in progress). If `new` is already in the ring, it just becomes
+    /// current.
+    pub fn rotated_to(&self, new: &MasterKey) -> Self {
+        let first = RingKey::new(new);
+        let probe = seal_with(&first, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT);
+        let mut keys = vec![first];
+        keys.extend(
+            self.keys
+                .iter()
+                .filter(|k| !(k.id == new.id && open_with(k, KEY_CHECK_AAD, &probe).is_ok()))
+                .cloned(),
+        );
+        Self {
+            keys: Arc::new(keys),
+        }
+    }
+
     /// Id of the key used for encryption.
     pub fn current_id(&self) -> KeyId {
         self.current().id

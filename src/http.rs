@@ -26,9 +26,9 @@ use ipnet::IpNet;
 use serde_json::json;
 
 use crate::auth::{self, Access, AuthFailure, Authenticator};
-use crate::crypto::Keyring;
 use crate::domain::ids::{GroupId, ObjectId};
 use crate::domain::integration::{ApiVersion, IntegrationType};
+use crate::rotation::LiveKeys;
 use crate::store::Store;
 use error::{ApiError, ErrorCode, Result};
 use query::Params;
@@ -45,7 +45,7 @@ pub struct Shared {
     /// The storage.
     pub store: Arc<dyn Store>,
     /// Keys for secrets at rest.
-    pub keyring: Keyring,
+    pub keyring: Arc<LiveKeys>,
     /// Authentication.
     pub auth: Arc<Authenticator>,
     /// Base URL for links (`https://host[:port]`), instead of the request's `Host`.

@@ -20,6 +20,7 @@ use crate::config::{Global, Serve};
 use crate::crypto::{Keyring, MasterKey};
 use crate::domain::ids::{generate_private_key, generate_public_key, ObjectId};
 use crate::http::{router, AppState, ProjectLimiter, Shared};
+use crate::rotation::LiveKeys;
 use crate::store::{self, now_ms, ApiKey, Org, OrgRole, Project, Store};
 
 /// Metadata names.
@@ -30,6 +31,8 @@ pub mod meta {
     pub const NONCE_KEY: &str = "nonce_key";
     /// Set once the first-start bootstrap has run (or was not needed).
     pub const BOOTSTRAPPED: &str = "bootstrapped";
+    /// The new master key of a rotation in progress, sealed under the old one.
+    pub const PENDING_KEY: &str = "pending_key";
 }
 
 /// Associated data for a sealed metadata value.
@@ -245,8 +248,14 @@ impl Application {
             cooldown: Duration::from_secs(serve.auth_cooldown_secs.max(1)),
             refresh_interval: Duration::from_millis(serve.auth_refresh_ms.max(10)),
         };
-        let auth =
-            Authenticator::new(Arc::clone(&store), keyring.clone(), nonce_key, settings).await?;
+        let keyring = LiveKeys::new(keyring);
+        let auth = Authenticator::new(
+            Arc::clone(&store),
+            Arc::clone(&keyring),
+            nonce_key,
+            settings,
+        )
+        .await?;
         let mut trusted_proxies = Vec::new();
         for entry in serve
             .trusted_proxies

@@ -183,6 +183,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` unless the name already has one; returns the value that is stored.
     async fn put_meta_if_absent(&self, name: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
 
+    /// Removes a metadata value (no error when absent).
+    async fn delete_meta(&self, name: &str) -> StoreResult<()>;
+
     /// A project's integrations, oldest first.
     async fn list_integrations(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>>;
     /// One integration.

@@ -80,7 +80,7 @@ pub async fn list_integrations(ctx: &Context<'_>) -> Result<Reply> {
     let rendered: Vec<Value> = stored
         .iter()
         .filter(|s| s.kind.available_in(ctx.version))
-        .filter_map(|s| match open(&ctx.state.keyring, ctx.group, s) {
+        .filter_map(|s| match open(&ctx.state.keyring.ring(), ctx.group, s) {
             Ok(config) => Some(Value::Object(config.render(ctx.version, s.id))),
             Err(err) => {
                 // One unreadable row must not hide the others: it is left out and logged.
@@ -139,7 +139,7 @@ pub async fn get_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result
         .get_integration(ctx.group, kind)
         .await?
         .ok_or_else(|| not_configured(kind))?;
-    let config = open(&ctx.state.keyring, ctx.group, &stored).map_err(ApiError::internal)?;
+    let config = open(&ctx.state.keyring.ring(), ctx.group, &stored).map_err(ApiError::internal)?;
     Ok(Reply::Object(config.render(ctx.version, stored.id)))
 }
 
@@ -156,7 +156,7 @@ pub async fn create_integration(
     let stored = StoredIntegration {
         id: ObjectId::generate(),
         kind,
-        sealed: seal(&ctx.state.keyring, ctx.group, &config),
+        sealed: seal(&ctx.state.keyring.ring(), ctx.group, &config),
     };
     match ctx.state.store.create_integration(ctx.group, &stored).await {
         Ok(()) => {}
@@ -181,7 +181,7 @@ pub async fn update_integration(
     body: &Map<String, Value>,
 ) -> Result<Reply> {
     let existing = match ctx.state.store.get_integration(ctx.group, kind).await? {
-        Some(stored) => match open(&ctx.state.keyring, ctx.group, &stored) {
+        Some(stored) => match open(&ctx.state.keyring.ring(), ctx.group, &stored) {
             Ok(config) => Some(config),
             Err(err) => {
                 // A replace is how an unreadable row gets repaired, so it goes on without it.
@@ -196,7 +196,7 @@ pub async fn update_integration(
     let stored = StoredIntegration {
         id: ObjectId::generate(),
         kind,
-        sealed: seal(&ctx.state.keyring, ctx.group, &config),
+        sealed: seal(&ctx.state.keyring.ring(), ctx.group, &config),
     };
     ctx.state
         .store

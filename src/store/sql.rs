@@ -123,6 +123,15 @@ impl Store for SqlStore {
             .map_err(classify)
     }
 
+    async fn delete_meta(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("delete from meta where name = $1")
+            .bind(name)
+            .execute(&self.write)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn list_integrations(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>> {
         let rows = sqlx::query(
             "select id, type, config from integration where group_id = $1 order by seq",

@@ -85,7 +85,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = if backend_is_postgres() {
-        Some(TestDb::create().await.expect("ATLAS_TEST_BACKEND=postgres but PostgreSQL is not reachable"))
+        Some(
+            TestDb::create()
+                .await
+                .expect("ATLAS_TEST_BACKEND=postgres but PostgreSQL is not reachable"),
+        )
     } else {
         None
     };
@@ -109,7 +113,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         project_rate_limit: options.project_rate_limit,
         auth_refresh_ms: 100,
     };
-    let app = Application::build(&global, &serve).await.expect("build app");
+    let app = Application::build(&global, &serve)
+        .await
+        .expect("build app");
     let addr = app.local_addr().expect("addr");
     let first = app.first_start().expect("first start on a fresh database");
     let group = first.group_id.to_string();
@@ -202,12 +208,15 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON (panics with the body when it is not JSON).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
     }
 
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap_or("<binary>").to_owned())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("<binary>").to_owned())
     }
 
     /// Asserts an Atlas error: status, errorCode and parameters.
@@ -218,8 +227,16 @@ impl Reply {
         assert_eq!(body["error"], status, "error field; body: {}", self.text);
         assert!(body["detail"].is_string(), "detail; body: {}", self.text);
         assert!(body["reason"].is_string(), "reason; body: {}", self.text);
-        let expected: Vec<Value> = parameters.iter().map(|p| Value::String((*p).to_owned())).collect();
-        assert_eq!(body["parameters"], Value::Array(expected), "parameters; body: {}", self.text);
+        let expected: Vec<Value> = parameters
+            .iter()
+            .map(|p| Value::String((*p).to_owned()))
+            .collect();
+        assert_eq!(
+            body["parameters"],
+            Value::Array(expected),
+            "parameters; body: {}",
+            self.text
+        );
     }
 }
 
@@ -281,7 +298,16 @@ impl DigestClient {
     ) -> Reply {
         for _ in 0..3 {
             let auth = self.authorization(method.as_str(), path);
-            let reply = send_raw(&self.http, &self.base, method.clone(), path, body, headers, auth.as_deref()).await;
+            let reply = send_raw(
+                &self.http,
+                &self.base,
+                method.clone(),
+                path,
+                body,
+                headers,
+                auth.as_deref(),
+            )
+            .await;
             if reply.status == StatusCode::UNAUTHORIZED {
                 if let Some(challenge) = reply.header("www-authenticate") {
                     let stale = challenge.contains("stale=true");
@@ -303,7 +329,15 @@ impl DigestClient {
         let mut guard = self.nonce.lock().expect("lock");
         let (nonce, nc) = guard.as_mut()?;
         *nc += 1;
-        Some(digest_header(&self.user, &self.password, method, uri, nonce, *nc, &format!("{:016x}", rand_u64())))
+        Some(digest_header(
+            &self.user,
+            &self.password,
+            method,
+            uri,
+            nonce,
+            *nc,
+            &format!("{:016x}", rand_u64()),
+        ))
     }
 }
 
@@ -318,7 +352,11 @@ pub async fn send_raw(
     authorization: Option<&str>,
 ) -> Reply {
     let mut request = http.request(method, format!("{base}{path}"));
-    if path.starts_with("/api/atlas/v2/") && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("accept")) {
+    if path.starts_with("/api/atlas/v2/")
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("accept"))
+    {
         request = request.header("accept", V2);
     }
     for (name, value) in headers {
@@ -328,7 +366,10 @@ pub async fn send_raw(
         request = request.header("authorization", auth);
     }
     if let Some(body) = body {
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
             request = request.header("content-type", "application/json");
         }
         request = request.body(body.to_owned());
@@ -337,11 +378,23 @@ pub async fn send_raw(
     let status = response.status();
     let headers = response.headers().clone();
     let text = response.text().await.expect("body");
-    Reply { status, headers, text }
+    Reply {
+        status,
+        headers,
+        text,
+    }
 }
 
 /// Builds a Digest `Authorization` header value (MD5, qop=auth).
-pub fn digest_header(user: &str, password: &str, method: &str, uri: &str, nonce: &str, nc: u32, cnonce: &str) -> String {
+pub fn digest_header(
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    nc: u32,
+    cnonce: &str,
+) -> String {
     let ha1 = md5_hex(&format!("{user}:MMS Public API:{password}"));
     let ha2 = md5_hex(&format!("{method}:{uri}"));
     let nc = format!("{nc:08x}");
@@ -354,7 +407,10 @@ pub fn digest_header(user: &str, password: &str, method: &str, uri: &str, nonce:
 
 /// Lowercase hex MD5.
 pub fn md5_hex(text: &str) -> String {
-    Md5::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A parameter of a `WWW-Authenticate` challenge.
@@ -372,4 +428,153 @@ fn rand_u64() -> u64 {
 /// The path of the server binary built for the tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atlas-integrations"))
+}
+
+/// Another server instance on the same database as `app` (for multi-instance tests).
+pub struct Instance {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts one more server on `global`'s database.
+pub async fn spawn_instance(global: &Global) -> Instance {
+    let serve = Serve {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: None,
+        no_migrate: false,
+        auth_failure_limit: 0,
+        auth_cooldown_secs: 60,
+        nonce_ttl_secs: 300,
+        trusted_proxies: Vec::new(),
+        project_rate_limit: None,
+        auth_refresh_ms: 100,
+    };
+    let app = Application::build(global, &serve)
+        .await
+        .expect("build instance");
+    assert!(
+        app.first_start().is_none(),
+        "a second instance must not bootstrap again"
+    );
+    let addr = app.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = app
+            .run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Instance {
+        base: format!("http://{addr}"),
+        shutdown: Some(tx),
+    }
+}
+
+/// A server run as a child process of the real binary, with its first-start credentials.
+pub struct Process {
+    /// The child.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Everything it wrote on stderr so far is appended here by a reader thread.
+    pub stderr: std::sync::Arc<Mutex<String>>,
+    /// stdout (the first-start text, when there was one).
+    pub stdout: std::sync::Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Starts `atlas-integrations serve --listen 127.0.0.1:0` with `args` and waits until it
+    /// listens.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--auth-failure-limit", "0"])
+            .args(args)
+            .env("ATLAS_INTEGRATIONS_LOG_FORMAT", "json")
+            .env_remove("ATLAS_INTEGRATIONS_MASTER_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn server");
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let stdout = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let err_pipe = child.stderr.take().expect("stderr");
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"listening\"") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut all = sink.lock().expect("lock");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let out_pipe = child.stdout.take().expect("stdout");
+        let sink = std::sync::Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut all = sink.lock().expect("lock");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("server did not start: {}", stderr.lock().expect("lock")));
+        let value: Value = serde_json::from_str(&line).expect("json log line");
+        let addr = value["fields"]["addr"]
+            .as_str()
+            .expect("addr field")
+            .to_owned();
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            stderr,
+            stdout,
+        }
+    }
+
+    /// A value of the first-start text (`group id`, `public key`, `private key`).
+    pub fn credential(&self, label: &str) -> String {
+        let out = self.stdout.lock().expect("lock");
+        out.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{label}:"))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {label:?} in: {out}"))
+    }
+
+    /// Sends SIGKILL and waits.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -2,9 +2,10 @@
 //! default; PostgreSQL with `ATLAS_TEST_BACKEND=postgres`), driven over HTTP with a Digest
 //! client.
 
-mod helpers;
-#[path = "../common/pg.rs"]
-mod pg;
 mod auth;
 mod cli;
+mod helpers;
 mod integrations;
+mod lifecycle;
+#[path = "../common/pg.rs"]
+mod pg;

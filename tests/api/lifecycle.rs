@@ -1,0 +1,181 @@
+//! The server process: durability across `kill -9`, `/health`, graceful shutdown.
+
+use std::process::Command;
+
+use crate::helpers::{challenge_param, digest_header, path, spawn_app, DigestClient, Process};
+
+fn credentials(p: &Process) -> (String, String, String) {
+    (
+        p.credential("group id"),
+        p.credential("public key"),
+        p.credential("private key"),
+    )
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_kill_9() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut server = Process::start(&["--data-dir", &data], &[]);
+    let (group, public, private) = credentials(&server);
+    let client = DigestClient::new(&server.base, &public, &private);
+    let bodies = [
+        (
+            "DATADOG",
+            r#"{"type":"DATADOG","apiKey":"abcdef0123456789"}"#,
+        ),
+        (
+            "SLACK",
+            r#"{"type":"SLACK","apiToken":"xoxb-1234","teamName":"T","channelName":"c"}"#,
+        ),
+        (
+            "PAGER_DUTY",
+            r#"{"type":"PAGER_DUTY","serviceKey":"pd-secret-1"}"#,
+        ),
+        (
+            "OPS_GENIE",
+            r#"{"type":"OPS_GENIE","apiKey":"og-secret-1","region":"EU"}"#,
+        ),
+        (
+            "WEBHOOK",
+            r#"{"type":"WEBHOOK","url":"https://hooks.example.com/x","secret":"s"}"#,
+        ),
+    ];
+    // Act: every write is acknowledged, then the process dies without any chance to flush.
+    for (kind, body) in bodies {
+        let reply = client.post(&path("v1.0", &group, kind), body).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let reply = client
+        .put(
+            &path("v1.0", &group, "PAGER_DUTY"),
+            r#"{"type":"PAGER_DUTY","serviceKey":"pd-secret-2","region":"EU"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = client.delete(&path("v1.0", &group, "OPS_GENIE")).await;
+    assert_eq!(reply.status, 204);
+    server.kill9();
+
+    // Assert
+    let server = Process::start(&["--data-dir", &data], &[]);
+    assert!(
+        server.stdout.lock().unwrap().is_empty(),
+        "no second bootstrap"
+    );
+    let client = DigestClient::new(&server.base, &public, &private);
+    let list = client.get(&path("v1.0", &group, "")).await.json();
+    let kinds: Vec<&str> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["DATADOG", "SLACK", "PAGER_DUTY", "WEBHOOK"]);
+    let pd = client.get(&path("v1.0", &group, "PAGER_DUTY")).await.json();
+    assert_eq!(pd["region"], "EU");
+    assert_eq!(pd["serviceKey"], "*******et-2");
+}
+
+#[tokio::test]
+async fn health_answers_without_authentication() {
+    let app = spawn_app().await;
+    let reply = app
+        .client
+        .raw()
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(
+        reply.json::<serde_json::Value>().await.unwrap()["status"],
+        "OK"
+    );
+}
+
+#[tokio::test]
+async fn health_refuses_other_methods() {
+    let app = spawn_app().await;
+    let reply = app
+        .client
+        .raw()
+        .post(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 405);
+    assert_eq!(reply.headers()["allow"], "GET");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let reply = app.client.get(&app.v1("")).await;
+    let id = reply.header("x-request-id").expect("x-request-id");
+    assert_eq!(id.len(), 36, "{id}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Arrange: a nonce, and a request whose body is only half sent when SIGTERM arrives.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut server = Process::start(&["--data-dir", &data], &[]);
+    let (group, public, private) = credentials(&server);
+    let uri = path("v1.0", &group, "DATADOG");
+    let challenge = reqwest::Client::new()
+        .get(format!("{}{uri}", server.base))
+        .send()
+        .await
+        .unwrap();
+    let nonce = challenge_param(
+        challenge.headers()["www-authenticate"].to_str().unwrap(),
+        "nonce",
+    )
+    .unwrap();
+    let auth = digest_header(
+        &public,
+        &private,
+        "POST",
+        &uri,
+        &nonce,
+        1,
+        "0123456789abcdef",
+    );
+    let body = r#"{"type":"DATADOG","apiKey":"abcdef"}"#;
+    let (first, rest) = body.split_at(10);
+    let mut stream = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {uri} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // Act
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Assert
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"DATADOG\""), "{text}");
+    assert!(exit.success(), "exit status {exit:?}");
+}
