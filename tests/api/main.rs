@@ -7,5 +7,6 @@ mod cli;
 mod helpers;
 mod integrations;
 mod lifecycle;
+mod secrets;
 #[path = "../common/pg.rs"]
 mod pg;
