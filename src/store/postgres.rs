@@ -16,7 +16,7 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
     let pool = AnyPoolOptions::new()
         .max_connections(pool_size.max(1))
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(3))
         .test_before_acquire(true)
         .connect(url)
         .await

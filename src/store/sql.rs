@@ -46,10 +46,16 @@ pub(super) fn classify(err: sqlx::Error) -> StoreError {
     }
 }
 
-/// PostgreSQL SQLSTATE classes 08 (connection exception), 57P0x (admin shutdown, crash
-/// shutdown, cannot connect now) and SQLite's "unable to open" / I/O errors.
+/// Errors that mean "the database cannot be reached or used right now" rather than "this
+/// statement is wrong": PostgreSQL SQLSTATE classes 08 (connection exception), 28 (login
+/// refused), 53 (insufficient resources, e.g. too many connections), 57P (shutdown, crash,
+/// cannot connect now), 3D000 (no such database), 55000 (database not accepting
+/// connections), and SQLite's CANTOPEN (14) and IOERR (10).
 fn is_connection_loss(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "14" || c == "10")
+    code.is_some_and(|c| {
+        ["08", "28", "53", "57P"].iter().any(|p| c.starts_with(p))
+            || ["3D000", "55000", "14", "10"].contains(&c)
+    })
 }
 
 fn id_col(row: &AnyRow, col: &str) -> StoreResult<ObjectId> {

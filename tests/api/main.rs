@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod integrations;
 mod lifecycle;
-mod secrets;
 #[path = "../common/pg.rs"]
 mod pg;
+mod postgres;
+mod secrets;

@@ -8,7 +8,9 @@ use atlas_integrations::rotation::rotate_with_limit;
 use atlas_integrations::startup::{open_database, Application};
 use atlas_integrations::store::SealedRef;
 
-use crate::helpers::{backend_is_postgres, path, spawn_app, spawn_instance, DigestClient, Process, TestApp};
+use crate::helpers::{
+    backend_is_postgres, path, spawn_app, spawn_instance, DigestClient, Process, TestApp,
+};
 
 /// One body per type, each secret distinctive so that a byte scan can find it.
 fn secret_bodies() -> Vec<(&'static str, String, Vec<&'static str>)> {
@@ -50,8 +52,14 @@ async fn store_every_type(client: &DigestClient, group: &str) -> Vec<&'static st
         for value in &values {
             let text = &reply.text;
             // Atlas returns these in clear, and keeps the host of a masked URL.
-            let shown_in_clear = matches!(kind, "NEW_RELIC" | "FLOWDOCK") || value.contains("ROUTING") || value.contains("host");
-            assert_eq!(text.contains(value), shown_in_clear, "{kind} {value} in response: {text}");
+            let shown_in_clear = matches!(kind, "NEW_RELIC" | "FLOWDOCK")
+                || value.contains("ROUTING")
+                || value.contains("host");
+            assert_eq!(
+                text.contains(value),
+                shown_in_clear,
+                "{kind} {value} in response: {text}"
+            );
         }
         secrets.extend(values);
     }
@@ -61,7 +69,11 @@ async fn store_every_type(client: &DigestClient, group: &str) -> Vec<&'static st
 fn find_any(haystack: &[u8], needles: &[&str]) -> Vec<String> {
     needles
         .iter()
-        .filter(|n| haystack.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n.as_bytes())))
+        .filter(|n| {
+            haystack
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        })
         .map(|n| (*n).to_owned())
         .collect()
 }
@@ -69,8 +81,15 @@ fn find_any(haystack: &[u8], needles: &[&str]) -> Vec<String> {
 fn database_bytes(app: &TestApp) -> Vec<u8> {
     let url = app.global.database_url.clone().unwrap();
     if backend_is_postgres() {
-        let out = std::process::Command::new("pg_dump").arg(&url).output().expect("pg_dump runs");
-        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("pg_dump")
+            .arg(&url)
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stdout.is_empty());
         out.stdout
     } else {
@@ -95,7 +114,10 @@ async fn no_secret_is_readable_in_the_database_or_its_wal_or_dump() {
     let bytes = database_bytes(&app);
 
     // Assert: the scan can see plain text (the org name is stored in clear) ...
-    assert!(!find_any(&bytes, &["default"]).is_empty(), "the scan reads the data");
+    assert!(
+        !find_any(&bytes, &["default"]).is_empty(),
+        "the scan reads the data"
+    );
     // ... and finds none of the secrets.
     assert_eq!(find_any(&bytes, &secrets), Vec::<String>::new());
 }
@@ -114,7 +136,10 @@ async fn no_secret_reaches_the_log() {
     // Act: successful writes, failing validation that carries secrets, and a bad password.
     let mut secrets = store_every_type(&client, &group).await;
     let bad = client
-        .put(&path("v1.0", &group, "DATADOG"), r#"{"apiKey":"SCANNOTHEXSECRET18"}"#)
+        .put(
+            &path("v1.0", &group, "DATADOG"),
+            r#"{"apiKey":"SCANNOTHEXSECRET18"}"#,
+        )
         .await;
     assert_eq!(bad.status, 400);
     assert!(!bad.text.contains("SCANNOTHEXSECRET18"), "{}", bad.text);
@@ -127,7 +152,10 @@ async fn no_secret_reaches_the_log() {
 
     // Assert
     let log = server.stderr.lock().unwrap().clone();
-    assert!(log.contains("request_id"), "the log has request lines: {log}");
+    assert!(
+        log.contains("request_id"),
+        "the log has request lines: {log}"
+    );
     assert_eq!(find_any(log.as_bytes(), &secrets), Vec::<String>::new());
 }
 
@@ -143,9 +171,14 @@ async fn rotation_interrupted_half_way_loses_nothing_and_resumes() {
     new_key.write_new_file(&new_key_file).unwrap();
 
     // Act 1: stop after 3 values.
-    let progress = rotate_with_limit(store.as_ref(), &old_ring, MasterKey::load_file(&new_key_file).unwrap(), Some(3))
-        .await
-        .unwrap();
+    let progress = rotate_with_limit(
+        store.as_ref(),
+        &old_ring,
+        MasterKey::load_file(&new_key_file).unwrap(),
+        Some(3),
+    )
+    .await
+    .unwrap();
     assert_eq!((progress.resealed, progress.complete), (3, false));
     let under_new = store
         .sealed_values()
@@ -162,14 +195,25 @@ async fn rotation_interrupted_half_way_loses_nothing_and_resumes() {
     assert_eq!(app.client.get(&app.v1("")).await.json(), before);
     let second = spawn_instance(&app.global).await;
     let other = DigestClient::new(&second.base, &app.public_key, &app.private_key);
-    assert_eq!(other.get(&app.v1("")).await.json()["totalCount"], before["totalCount"]);
-    let reply = app.client.put(&app.v1("OPS_GENIE"), r#"{"apiKey":"SCANOPSGENIEKEY20"}"#).await;
+    assert_eq!(
+        other.get(&app.v1("")).await.json()["totalCount"],
+        before["totalCount"]
+    );
+    let reply = app
+        .client
+        .put(&app.v1("OPS_GENIE"), r#"{"apiKey":"SCANOPSGENIEKEY20"}"#)
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 
     // Act 2: resume.
-    let progress = rotate_with_limit(store.as_ref(), &old_ring, MasterKey::load_file(&new_key_file).unwrap(), None)
-        .await
-        .unwrap();
+    let progress = rotate_with_limit(
+        store.as_ref(),
+        &old_ring,
+        MasterKey::load_file(&new_key_file).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
     assert!(progress.complete);
 
     // Assert 2: everything is under the new key, the running server still serves, the old
@@ -178,11 +222,18 @@ async fn rotation_interrupted_half_way_loses_nothing_and_resumes() {
         if matches!(&at, SealedRef::Meta { name } if name == "bootstrapped") {
             continue;
         }
-        assert_eq!(atlas_integrations::crypto::Keyring::key_id_of(&value), Some(new_key.id()), "{at:?}");
+        assert_eq!(
+            atlas_integrations::crypto::Keyring::key_id_of(&value),
+            Some(new_key.id()),
+            "{at:?}"
+        );
     }
     let after = app.client.get(&app.v1("")).await.json();
     assert_eq!(after["totalCount"], before["totalCount"]);
-    assert!(open_database(&app.global, false).await.is_err(), "the old key must be refused now");
+    assert!(
+        open_database(&app.global, false).await.is_err(),
+        "the old key must be refused now"
+    );
     let mut global = app.global.clone();
     global.master_key_file = Some(new_key_file);
     let third = spawn_instance(&global).await;
@@ -224,7 +275,10 @@ async fn a_wrong_master_key_stops_the_server_and_changes_nothing() {
 
     // Assert
     let message = format!("{:#}", result.err().expect("must refuse to start"));
-    assert!(message.contains("does not match this database"), "{message}");
+    assert!(
+        message.contains("does not match this database"),
+        "{message}"
+    );
     assert_eq!(app.client.get(&app.v1("")).await.json()["totalCount"], 10);
     assert!(database_bytes(&app).len() >= before);
 }
@@ -244,9 +298,14 @@ async fn a_missing_master_key_stops_the_server_without_generating_a_new_one() {
     // Assert
     let message = format!("{:#}", result.err().expect("must refuse to start"));
     assert!(message.contains("no master key was given"), "{message}");
-    assert!(!key_file.exists(), "no new key may be generated over encrypted data");
+    assert!(
+        !key_file.exists(),
+        "no new key may be generated over encrypted data"
+    );
     std::fs::write(&key_file, saved).unwrap();
-    assert!(Application::build(&app.global, &serve_options()).await.is_ok());
+    assert!(Application::build(&app.global, &serve_options())
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -275,12 +334,26 @@ async fn a_tampered_ciphertext_is_a_clear_error_and_other_rows_are_still_served(
     // Assert
     one.assert_error(500, "UNEXPECTED_ERROR", &[]);
     assert_eq!(list.status, 200);
-    let kinds: Vec<String> = list.json()["results"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = list.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(kinds.len(), 9, "{kinds:?}");
     assert!(!kinds.contains(&"WEBHOOK".to_owned()));
     assert_eq!(other.status, 200);
     // A PUT repairs the row.
-    let fixed = app.client.put(&app.v1("WEBHOOK"), r#"{"url":"https://fixed.example.com/x"}"#).await;
+    let fixed = app
+        .client
+        .put(
+            &app.v1("WEBHOOK"),
+            r#"{"url":"https://fixed.example.com/x"}"#,
+        )
+        .await;
     assert_eq!(fixed.status, 200, "{}", fixed.text);
-    assert_eq!(app.client.get(&app.v1("WEBHOOK")).await.json()["url"], "https://fixed.example.com/****");
+    assert_eq!(
+        app.client.get(&app.v1("WEBHOOK")).await.json()["url"],
+        "https://fixed.example.com/****"
+    );
 }
