@@ -7,6 +7,7 @@
 //! access lists or projects bumps `auth_epoch` in the same transaction so that every server
 //! drops its authentication cache.
 
+mod batch;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -21,10 +21,7 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
         .connect(url)
         .await
         .context("cannot connect to PostgreSQL")?;
-    Ok(SqlStore {
-        read: pool.clone(),
-        write: pool,
-    })
+    Ok(SqlStore::new(pool.clone(), pool, false))
 }
 
 /// Runs the embedded PostgreSQL migrations.

@@ -11,7 +11,9 @@
 use anyhow::anyhow;
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use super::batch::Batcher;
 
 use super::{
     now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError, StoreResult,
@@ -26,10 +28,11 @@ use crate::domain::integration::IntegrationType;
 pub struct SqlStore {
     pub(super) read: AnyPool,
     pub(super) write: AnyPool,
+    batcher: Option<Batcher>,
 }
 
 /// Maps a sqlx error to the store's error kinds.
-pub(super) fn classify(err: sqlx::Error) -> StoreError {
+pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict("unique"),
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
@@ -82,9 +85,109 @@ fn project_row(row: &AnyRow) -> StoreResult<Project> {
     })
 }
 
+/// One write to the integration table, run directly or in a group commit.
+#[derive(Debug, Clone)]
+pub(super) enum IntegrationWrite {
+    Create {
+        group: GroupId,
+        integration: StoredIntegration,
+    },
+    Replace {
+        group: GroupId,
+        integration: StoredIntegration,
+    },
+    Delete {
+        group: GroupId,
+        kind: IntegrationType,
+    },
+}
+
+/// What a write reports.
+#[derive(Debug)]
+pub(super) enum WriteOutcome {
+    /// Create: true; delete: whether a row was deleted.
+    Done(bool),
+    /// Replace: the id stored.
+    Id(ObjectId),
+}
+
+impl IntegrationWrite {
+    /// Runs the write on `conn`.
+    pub(super) async fn apply(&self, conn: &mut AnyConnection) -> StoreResult<WriteOutcome> {
+        let now = now_ms();
+        match self {
+            Self::Create { group, integration } => {
+                sqlx::query(
+                    "insert into integration (group_id, type, id, config, created_at, updated_at) \
+                     values ($1, $2, $3, $4, $5, $5)",
+                )
+                .bind(group.to_string())
+                .bind(integration.kind.as_str())
+                .bind(integration.id.to_string())
+                .bind(integration.sealed.clone())
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+                Ok(WriteOutcome::Done(true))
+            }
+            Self::Replace { group, integration } => {
+                let id: String = sqlx::query_scalar(
+                    "insert into integration (group_id, type, id, config, created_at, updated_at) \
+                     values ($1, $2, $3, $4, $5, $5) \
+                     on conflict (group_id, type) do update \
+                     set config = excluded.config, updated_at = excluded.updated_at \
+                     returning id",
+                )
+                .bind(group.to_string())
+                .bind(integration.kind.as_str())
+                .bind(integration.id.to_string())
+                .bind(integration.sealed.clone())
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(classify)?;
+                ObjectId::parse(&id)
+                    .map(WriteOutcome::Id)
+                    .ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
+            }
+            Self::Delete { group, kind } => {
+                let done = sqlx::query("delete from integration where group_id = $1 and type = $2")
+                    .bind(group.to_string())
+                    .bind(kind.as_str())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                Ok(WriteOutcome::Done(done.rows_affected() > 0))
+            }
+        }
+    }
+}
+
 const BUMP_EPOCH: &str = "update auth_epoch set value = value + 1 where id = 1";
 
 impl SqlStore {
+    /// A store over `read` and `write` pools; with `group_commit`, integration writes are
+    /// batched into shared transactions (SQLite).
+    pub(super) fn new(read: AnyPool, write: AnyPool, group_commit: bool) -> Self {
+        let batcher = group_commit.then(|| Batcher::start(write.clone()));
+        Self {
+            read,
+            write,
+            batcher,
+        }
+    }
+
+    async fn write_integration(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
+        match &self.batcher {
+            Some(batcher) => batcher.submit(write).await,
+            None => {
+                let mut conn = self.write.acquire().await.map_err(classify)?;
+                write.apply(&mut conn).await
+            }
+        }
+    }
+
     async fn key_id(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         public_key: &str,
@@ -170,20 +273,12 @@ impl Store for SqlStore {
         group: GroupId,
         integration: &StoredIntegration,
     ) -> StoreResult<()> {
-        let now = now_ms();
-        sqlx::query(
-            "insert into integration (group_id, type, id, config, created_at, updated_at) \
-             values ($1, $2, $3, $4, $5, $5)",
-        )
-        .bind(group.to_string())
-        .bind(integration.kind.as_str())
-        .bind(integration.id.to_string())
-        .bind(integration.sealed.clone())
-        .bind(now)
-        .execute(&self.write)
+        self.write_integration(IntegrationWrite::Create {
+            group,
+            integration: integration.clone(),
+        })
         .await
-        .map_err(classify)?;
-        Ok(())
+        .map(|_| ())
     }
 
     async fn replace_integration(
@@ -191,33 +286,26 @@ impl Store for SqlStore {
         group: GroupId,
         integration: &StoredIntegration,
     ) -> StoreResult<ObjectId> {
-        let now = now_ms();
-        let id: String = sqlx::query_scalar(
-            "insert into integration (group_id, type, id, config, created_at, updated_at) \
-             values ($1, $2, $3, $4, $5, $5) \
-             on conflict (group_id, type) do update \
-             set config = excluded.config, updated_at = excluded.updated_at \
-             returning id",
-        )
-        .bind(group.to_string())
-        .bind(integration.kind.as_str())
-        .bind(integration.id.to_string())
-        .bind(integration.sealed.clone())
-        .bind(now)
-        .fetch_one(&self.write)
-        .await
-        .map_err(classify)?;
-        ObjectId::parse(&id).ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
+        match self
+            .write_integration(IntegrationWrite::Replace {
+                group,
+                integration: integration.clone(),
+            })
+            .await?
+        {
+            WriteOutcome::Id(id) => Ok(id),
+            WriteOutcome::Done(_) => Err(StoreError::Other(anyhow!("replace returned no id"))),
+        }
     }
 
     async fn delete_integration(&self, group: GroupId, kind: IntegrationType) -> StoreResult<bool> {
-        let done = sqlx::query("delete from integration where group_id = $1 and type = $2")
-            .bind(group.to_string())
-            .bind(kind.as_str())
-            .execute(&self.write)
-            .await
-            .map_err(classify)?;
-        Ok(done.rows_affected() > 0)
+        match self
+            .write_integration(IntegrationWrite::Delete { group, kind })
+            .await?
+        {
+            WriteOutcome::Done(done) => Ok(done),
+            WriteOutcome::Id(_) => Ok(true),
+        }
     }
 
     async fn create_org(&self, org: &Org) -> StoreResult<()> {

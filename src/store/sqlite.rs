@@ -37,7 +37,7 @@ pub async fn open(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
         .connect(&url)
         .await
         .with_context(|| "cannot open the SQLite database")?;
-    Ok(SqlStore { read, write })
+    Ok(SqlStore::new(read, write, true))
 }
 
 /// Runs the embedded SQLite migrations.

@@ -1144,19 +1144,30 @@ async fn ipv6_clients_behind_a_trusted_proxy_are_checked_against_the_access_list
     .await;
     let xff = [("x-forwarded-for", "2001:db8::5")];
     access_add(&app, &app.public_key, "2001:db8::/32").await;
-    let since = Instant::now();
-    poll_get(
+    // Once the list is in force, the proxy itself (no X-Forwarded-For) is refused...
+    let reply = poll_get(
         &app.client,
         &app.v1(""),
-        &xff,
-        (200, None),
-        since,
-        "2001:db8::5 listed",
+        &[],
+        (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")),
+        Instant::now(),
+        "2001:db8::/32 only",
     )
     .await;
-    // The proxy itself is not on the list.
-    let reply = app.client.get(&app.v1("")).await;
     reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    // ...and the client it forwards for is admitted.
+    let reply = app.client.send(Method::GET, &app.v1(""), None, &xff).await;
+    expect_status(&reply, 200, "2001:db8::5 forwarded by a trusted proxy");
+    let reply = app
+        .client
+        .send(
+            Method::GET,
+            &app.v1(""),
+            None,
+            &[("x-forwarded-for", "203.0.113.7, 2001:db8::5")],
+        )
+        .await;
+    expect_status(&reply, 200, "right-most X-Forwarded-For entry decides");
     // The forwarded address decides, not the proxy: another IPv6 network only.
     access_add(&app, &app.public_key, "2001:db9::/32").await;
     access_remove(&app, &app.public_key, "2001:db8::/32").await;
