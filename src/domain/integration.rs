@@ -690,3 +690,226 @@ fn is_absolute_url(text: &str, schemes: &[&str]) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A valid body per type, every secret distinctive.
+    fn sample(kind: IntegrationType) -> Value {
+        match kind {
+            IntegrationType::PagerDuty => json!({"serviceKey": "SECRETpagerduty1"}),
+            IntegrationType::Slack => {
+                json!({"apiToken": "SECRETslack1", "teamName": "t", "channelName": "c"})
+            }
+            IntegrationType::Datadog => json!({"apiKey": "5ec2e7da7ad09"}),
+            IntegrationType::NewRelic => {
+                json!({"licenseKey": "SECRETnr1", "accountId": "SECRETnr2", "writeToken": "SECRETnr3", "readToken": "SECRETnr4"})
+            }
+            IntegrationType::OpsGenie => json!({"apiKey": "SECRETopsgenie1"}),
+            IntegrationType::VictorOps => {
+                json!({"apiKey": "SECRETvictorops1", "routingKey": "SECRETroute1"})
+            }
+            IntegrationType::Flowdock => {
+                json!({"flowName": "f", "apiToken": "SECRETflowdock1", "orgName": "o"})
+            }
+            IntegrationType::Webhook => {
+                json!({"url": "https://h.example.com/SECRETpath1", "secret": "SECRETwebhook1"})
+            }
+            IntegrationType::MicrosoftTeams => {
+                json!({"microsoftTeamsWebhookUrl": "https://t.example.com/SECRETteams1"})
+            }
+            IntegrationType::Prometheus => {
+                json!({"username": "u", "password": "SECRETprom1", "serviceDiscovery": "http", "enabled": true})
+            }
+        }
+    }
+
+    fn body(kind: IntegrationType) -> Map<String, Value> {
+        match sample(kind) {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    fn secrets(kind: IntegrationType) -> Vec<String> {
+        body(kind)
+            .into_iter()
+            .filter(|(name, _)| {
+                kind.schema()
+                    .field(name)
+                    .is_some_and(|f| f.secrecy.is_secret())
+            })
+            .map(|(_, v)| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_type_has_a_unique_wire_name_that_parses_back() {
+        for kind in IntegrationType::ALL {
+            assert_eq!(IntegrationType::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(IntegrationType::parse("datadog"), None);
+        assert_eq!(IntegrationType::parse("HIP_CHAT"), None);
+    }
+
+    #[test]
+    fn every_sample_validates_and_survives_the_stored_json_round_trip() {
+        for kind in IntegrationType::ALL {
+            let config = validate(kind, ApiVersion::V1, &body(kind), None).unwrap();
+            let back = Config::from_json(kind, &config.to_json()).unwrap();
+            assert_eq!(back, config, "{kind}");
+        }
+    }
+
+    #[test]
+    fn no_masked_secret_survives_rendering_and_debug_prints_none() {
+        for kind in IntegrationType::ALL {
+            let config = validate(kind, ApiVersion::V1, &body(kind), None).unwrap();
+            let rendered =
+                Value::Object(config.render(ApiVersion::V1, ObjectId::generate())).to_string();
+            let debug = format!("{config:?}");
+            for secret in secrets(kind) {
+                assert!(!debug.contains(&secret), "{kind}: Debug shows {secret}");
+                let clear = kind.schema().fields.iter().any(|f| {
+                    f.secrecy == Secrecy::ClearInResponses
+                        && body(kind).get(f.name).and_then(Value::as_str) == Some(&secret)
+                });
+                assert_eq!(
+                    rendered.contains(&secret),
+                    clear,
+                    "{kind}: {secret} in {rendered}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_issue_s_secret_fields_are_all_declared_secret() {
+        let declared = |kind: IntegrationType, name: &str| {
+            kind.schema().field(name).unwrap().secrecy.is_secret()
+        };
+        for (kind, name) in [
+            (IntegrationType::PagerDuty, "serviceKey"),
+            (IntegrationType::Slack, "apiToken"),
+            (IntegrationType::Datadog, "apiKey"),
+            (IntegrationType::NewRelic, "licenseKey"),
+            (IntegrationType::NewRelic, "accountId"),
+            (IntegrationType::NewRelic, "writeToken"),
+            (IntegrationType::NewRelic, "readToken"),
+            (IntegrationType::OpsGenie, "apiKey"),
+            (IntegrationType::VictorOps, "apiKey"),
+            (IntegrationType::VictorOps, "routingKey"),
+            (IntegrationType::Flowdock, "apiToken"),
+            (IntegrationType::Webhook, "url"),
+            (IntegrationType::Webhook, "secret"),
+            (IntegrationType::MicrosoftTeams, "microsoftTeamsWebhookUrl"),
+            (IntegrationType::Prometheus, "password"),
+        ] {
+            assert!(declared(kind, name), "{kind}.{name}");
+        }
+    }
+
+    #[test]
+    fn phases_run_in_the_contract_order() {
+        let kind = IntegrationType::Datadog;
+        let check = |v: Value| match v {
+            Value::Object(map) => validate(kind, ApiVersion::V1, &map, None).unwrap_err(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            check(json!({"type": "SLACK", "bogus": 1})),
+            FieldError::InvalidAttribute("type".into())
+        );
+        assert_eq!(
+            check(json!({"bogus": 1, "region": 5})),
+            FieldError::InvalidAttribute("bogus".into())
+        );
+        assert_eq!(
+            check(json!({"region": 5})),
+            FieldError::InvalidJsonAttribute("region")
+        );
+        assert_eq!(
+            check(json!({"region": "XX"})),
+            FieldError::MissingAttribute("apiKey")
+        );
+        assert_eq!(
+            check(json!({"apiKey": "zz", "region": "XX"})),
+            FieldError::InvalidEnumValue("XX".into())
+        );
+        assert_eq!(
+            check(json!({"apiKey": "zz"})),
+            FieldError::InvalidSettings {
+                kind,
+                message: "apiKey must be a hexadecimal string".into()
+            }
+        );
+        assert_eq!(
+            check(json!({"apiKey": ""})),
+            FieldError::InvalidSettings {
+                kind,
+                message: "apiKey must not be empty".into()
+            }
+        );
+        assert_eq!(
+            check(json!({"apiKey": "a".repeat(4097)})),
+            FieldError::InvalidSettings {
+                kind,
+                message: "apiKey must be at most 4096 bytes".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_masked_secret_sent_back_keeps_the_stored_value() {
+        let kind = IntegrationType::Webhook;
+        let stored = validate(kind, ApiVersion::V2, &body(kind), None).unwrap();
+        let shown = stored.render(ApiVersion::V2, ObjectId::generate());
+        let again = validate(kind, ApiVersion::V2, &shown, Some(&stored)).unwrap();
+        assert_eq!(again, stored);
+        let mut changed = shown.clone();
+        changed.insert("secret".into(), json!("another"));
+        let replaced = validate(kind, ApiVersion::V2, &changed, Some(&stored)).unwrap();
+        assert_eq!(replaced.str("secret"), Some("another"));
+    }
+
+    #[test]
+    fn prometheus_password_may_be_omitted_only_when_replacing() {
+        let kind = IntegrationType::Prometheus;
+        let mut without = body(kind);
+        without.remove("password");
+        assert_eq!(
+            validate(kind, ApiVersion::V2, &without, None).unwrap_err(),
+            FieldError::MissingAttribute("password")
+        );
+        let stored = validate(kind, ApiVersion::V2, &body(kind), None).unwrap();
+        let kept = validate(kind, ApiVersion::V2, &without, Some(&stored)).unwrap();
+        assert_eq!(kept.str("password"), Some("SECRETprom1"));
+    }
+
+    #[test]
+    fn slack_requirements_differ_between_versions() {
+        let kind = IntegrationType::Slack;
+        let v1_without_team = json!({"apiToken": "x", "channelName": "c"});
+        let v2_without_channel = json!({"apiToken": "x", "teamName": "t"});
+        let map = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            validate(kind, ApiVersion::V1, &map(v1_without_team.clone()), None).unwrap_err(),
+            FieldError::MissingAttribute("teamName")
+        );
+        assert!(validate(kind, ApiVersion::V2, &map(v1_without_team), None).is_ok());
+        assert_eq!(
+            validate(kind, ApiVersion::V2, &map(v2_without_channel.clone()), None).unwrap_err(),
+            FieldError::MissingAttribute("channelName")
+        );
+        let v1 = validate(kind, ApiVersion::V1, &map(v2_without_channel), None).unwrap();
+        assert_eq!(
+            v1.render(ApiVersion::V1, ObjectId::generate())["channelName"],
+            ""
+        );
+    }
+}
