@@ -76,7 +76,7 @@ async fn commit_batch(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
         if let Err(err) = tx.execute("savepoint w").await {
             return fail_all(batch, classify(err));
         }
-        let outcome = write.apply(&mut *tx).await;
+        let outcome = write.apply(&mut tx).await;
         let end = if outcome.is_ok() {
             "release savepoint w"
         } else {

@@ -2,6 +2,8 @@
 //! default; PostgreSQL with `ATLAS_TEST_BACKEND=postgres`), driven over HTTP with a Digest
 //! client.
 
+#![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
+
 mod auth;
 mod cli;
 mod helpers;
