@@ -188,6 +188,26 @@ impl SqlStore {
         }
     }
 
+    /// Starts a transaction that changes keys, roles, access lists or projects: its first
+    /// statement bumps `auth_epoch`, which also takes SQLite's write lock up front.
+    async fn auth_change(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.write.begin().await.map_err(classify)?;
+        sqlx::query(BUMP_EPOCH)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        Ok(tx)
+    }
+
+    async fn existing_key_id(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        public_key: &str,
+    ) -> StoreResult<String> {
+        Self::key_id(tx, public_key)
+            .await?
+            .ok_or(StoreError::NotFound)
+    }
+
     async fn key_id(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         public_key: &str,
@@ -336,11 +356,7 @@ impl Store for SqlStore {
     }
 
     async fn create_project(&self, project: &Project) -> StoreResult<()> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let mut tx = self.auth_change().await?;
         sqlx::query("insert into project (id, org_id, name, created_at) values ($1, $2, $3, $4)")
             .bind(project.id.to_string())
             .bind(project.org_id.to_string())
@@ -385,11 +401,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_project(&self, id: GroupId) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let mut tx = self.auth_change().await?;
         // Explicit deletes rather than relying on `on delete cascade` alone, which some
         // PostgreSQL-compatible engines implement only partially.
         for sql in [
@@ -412,11 +424,7 @@ impl Store for SqlStore {
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> StoreResult<()> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let mut tx = self.auth_change().await?;
         sqlx::query(
             "insert into api_key (id, org_id, public_key, private_key, description, org_role, \
              created_at) values ($1, $2, $3, $4, $5, $6, $7)",
@@ -512,11 +520,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_api_key(&self, public_key: &str) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        let mut tx = self.auth_change().await?;
         let Some(id) = Self::key_id(&mut tx, public_key).await? else {
             return Ok(false);
         };
@@ -541,14 +545,8 @@ impl Store for SqlStore {
         project: GroupId,
         role: ProjectRole,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let id = Self::key_id(&mut tx, public_key)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut tx = self.auth_change().await?;
+        let id = Self::existing_key_id(&mut tx, public_key).await?;
         sqlx::query(
             "insert into api_key_project (api_key_id, project_id, role) values ($1, $2, $3) \
              on conflict (api_key_id, project_id) do update set role = excluded.role",
@@ -563,14 +561,8 @@ impl Store for SqlStore {
     }
 
     async fn remove_project_role(&self, public_key: &str, project: GroupId) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let id = Self::key_id(&mut tx, public_key)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut tx = self.auth_change().await?;
+        let id = Self::existing_key_id(&mut tx, public_key).await?;
         let done =
             sqlx::query("delete from api_key_project where api_key_id = $1 and project_id = $2")
                 .bind(id)
@@ -583,14 +575,8 @@ impl Store for SqlStore {
     }
 
     async fn add_access_entry(&self, public_key: &str, cidr: &str) -> StoreResult<()> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let id = Self::key_id(&mut tx, public_key)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut tx = self.auth_change().await?;
+        let id = Self::existing_key_id(&mut tx, public_key).await?;
         sqlx::query(
             "insert into api_key_access (api_key_id, cidr, created_at) values ($1, $2, $3) \
              on conflict (api_key_id, cidr) do nothing",
@@ -605,14 +591,8 @@ impl Store for SqlStore {
     }
 
     async fn remove_access_entry(&self, public_key: &str, cidr: &str) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await.map_err(classify)?;
-        sqlx::query(BUMP_EPOCH)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let id = Self::key_id(&mut tx, public_key)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let mut tx = self.auth_change().await?;
+        let id = Self::existing_key_id(&mut tx, public_key).await?;
         let done = sqlx::query("delete from api_key_access where api_key_id = $1 and cidr = $2")
             .bind(id)
             .bind(cidr)

@@ -291,7 +291,7 @@ fn hash(algorithm: &str, text: &str) -> String {
 }
 
 /// The digest response RFC 7616 defines for `qop=auth` (MD5, MD5-sess, SHA-256, SHA-256-sess).
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "one argument per Digest input")]
 fn response_for(
     algorithm: &str,
     user: &str,
@@ -321,7 +321,7 @@ struct Fields(Vec<(&'static str, String, bool)>);
 
 impl Fields {
     /// A correct header for these credentials (algorithm named explicitly unless `None`).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "one argument per Digest input")]
     fn valid(
         user: &str,
         password: &str,
@@ -2194,7 +2194,7 @@ async fn curl_digest_works_unchanged() {
     let (status, body) = curl(&app, "DELETE", &app.v2("DATADOG"), None, Some(V2)).await;
     assert_eq!(status, 204, "curl v2 DELETE: {body}");
     // Wrong credentials: curl gets the 401 body.
-    let mut args = vec![
+    let args = vec![
         "--silent".to_owned(),
         "--digest".to_owned(),
         "--user".to_owned(),

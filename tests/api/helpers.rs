@@ -76,6 +76,21 @@ pub fn backend_is_postgres() -> bool {
     std::env::var("ATLAS_TEST_BACKEND").as_deref() == Ok("postgres")
 }
 
+/// The `serve` options for a test server: port 0, a fast key-cache refresh.
+pub fn serve_options(options: &Options) -> Serve {
+    Serve {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        public_url: options.public_url.clone(),
+        no_migrate: false,
+        auth_failure_limit: options.auth_failure_limit,
+        auth_cooldown_secs: options.auth_cooldown_secs,
+        nonce_ttl_secs: options.nonce_ttl_secs,
+        trusted_proxies: options.trusted_proxies.clone(),
+        project_rate_limit: options.project_rate_limit,
+        auth_refresh_ms: 100,
+    }
+}
+
 /// Starts the server with default test options.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
@@ -102,18 +117,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         master_key_file: None,
         pool_size: 4,
     };
-    let serve = Serve {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: options.public_url.clone(),
-        no_migrate: false,
-        auth_failure_limit: options.auth_failure_limit,
-        auth_cooldown_secs: options.auth_cooldown_secs,
-        nonce_ttl_secs: options.nonce_ttl_secs,
-        trusted_proxies: options.trusted_proxies.clone(),
-        project_rate_limit: options.project_rate_limit,
-        auth_refresh_ms: 100,
-    };
-    let app = Application::build(&global, &serve)
+    let app = Application::build(&global, &serve_options(&options))
         .await
         .expect("build app");
     let addr = app.local_addr().expect("addr");
@@ -447,18 +451,7 @@ impl Drop for Instance {
 
 /// Starts one more server on `global`'s database.
 pub async fn spawn_instance(global: &Global) -> Instance {
-    let serve = Serve {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        public_url: None,
-        no_migrate: false,
-        auth_failure_limit: 0,
-        auth_cooldown_secs: 60,
-        nonce_ttl_secs: 300,
-        trusted_proxies: Vec::new(),
-        project_rate_limit: None,
-        auth_refresh_ms: 100,
-    };
-    let app = Application::build(global, &serve)
+    let app = Application::build(global, &serve_options(&Options::default()))
         .await
         .expect("build instance");
     assert!(

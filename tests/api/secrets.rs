@@ -2,14 +2,14 @@
 //! or the server's log; master-key rotation (also interrupted), wrong and missing keys, and a
 //! tampered ciphertext.
 
-use atlas_integrations::config::Serve;
 use atlas_integrations::crypto::MasterKey;
 use atlas_integrations::rotation::rotate_with_limit;
 use atlas_integrations::startup::{open_database, Application};
 use atlas_integrations::store::SealedRef;
 
 use crate::helpers::{
-    backend_is_postgres, path, spawn_app, spawn_instance, DigestClient, Process, TestApp,
+    backend_is_postgres, path, serve_options, spawn_app, spawn_instance, DigestClient, Options,
+    Process, TestApp,
 };
 
 /// One body per type, each secret distinctive so that a byte scan can find it.
@@ -245,20 +245,6 @@ async fn rotation_interrupted_half_way_loses_nothing_and_resumes() {
     assert_eq!(find_any(&bytes, &secrets), Vec::<String>::new());
 }
 
-fn serve_options() -> Serve {
-    Serve {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        public_url: None,
-        no_migrate: false,
-        auth_failure_limit: 0,
-        auth_cooldown_secs: 60,
-        nonce_ttl_secs: 300,
-        trusted_proxies: Vec::new(),
-        project_rate_limit: None,
-        auth_refresh_ms: 100,
-    }
-}
-
 #[tokio::test]
 async fn a_wrong_master_key_stops_the_server_and_changes_nothing() {
     // Arrange
@@ -271,7 +257,7 @@ async fn a_wrong_master_key_stops_the_server_and_changes_nothing() {
     global.master_key_file = Some(wrong);
 
     // Act
-    let result = Application::build(&global, &serve_options()).await;
+    let result = Application::build(&global, &serve_options(&Options::default())).await;
 
     // Assert
     let message = format!("{:#}", result.err().expect("must refuse to start"));
@@ -293,7 +279,7 @@ async fn a_missing_master_key_stops_the_server_without_generating_a_new_one() {
     std::fs::remove_file(&key_file).unwrap();
 
     // Act
-    let result = Application::build(&app.global, &serve_options()).await;
+    let result = Application::build(&app.global, &serve_options(&Options::default())).await;
 
     // Assert
     let message = format!("{:#}", result.err().expect("must refuse to start"));
@@ -303,9 +289,11 @@ async fn a_missing_master_key_stops_the_server_without_generating_a_new_one() {
         "no new key may be generated over encrypted data"
     );
     std::fs::write(&key_file, saved).unwrap();
-    assert!(Application::build(&app.global, &serve_options())
-        .await
-        .is_ok());
+    assert!(
+        Application::build(&app.global, &serve_options(&Options::default()))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
