@@ -13,3 +13,4 @@ mod lifecycle;
 mod pg;
 mod postgres;
 mod secrets;
+mod seed;
