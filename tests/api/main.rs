@@ -12,5 +12,6 @@ mod lifecycle;
 #[path = "../common/pg.rs"]
 mod pg;
 mod postgres;
+mod robustness;
 mod secrets;
 mod seed;
