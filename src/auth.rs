@@ -350,10 +350,38 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Parses an address or CIDR block (`10.0.0.1`, `10.0.0.0/8`, `::1`, `2001:db8::/32`).
+/// Parses an address or CIDR block (`10.0.0.1`, `10.0.0.0/8`, `::1`, `2001:db8::/32`). An
+/// IPv4-mapped IPv6 block (`::ffff:10.0.0.0/104`) becomes its IPv4 block, since client
+/// addresses are compared in their IPv4 form.
 pub fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-        .map(|net| net.trunc())
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))?;
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    };
+    Some(net.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_single_addresses_blocks_and_mapped_ipv4() {
+        assert_eq!(parse_cidr("10.0.0.1"), "10.0.0.1/32".parse().ok());
+        assert_eq!(parse_cidr("10.1.2.3/8"), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_cidr("2001:db8::1/32"), "2001:db8::/32".parse().ok());
+        assert_eq!(parse_cidr("::ffff:10.0.0.1"), "10.0.0.1/32".parse().ok());
+        assert_eq!(parse_cidr("::ffff:10.0.0.0/104"), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_cidr("nonsense"), None);
+        assert_eq!(parse_cidr("10.0.0.0/33"), None);
+    }
 }

@@ -22,8 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command shares.
-#[derive(Debug, Clone, Args)]
+/// Options every command shares. `Debug` hides a password in the database URL.
+#[derive(Clone, Args)]
 pub struct Global {
     /// Database URL: `sqlite://PATH` or `postgres://...` (default: an SQLite file in the data directory).
     #[arg(long, global = true, env = "ATLAS_INTEGRATIONS_DATABASE_URL")]
@@ -47,6 +47,32 @@ pub struct Global {
         default_value_t = 8
     )]
     pub pool_size: u32,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Global")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("master_key_file", &self.master_key_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// A URL with its password, if any, replaced by `****`.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        Ok(_) => text.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
 }
 
 impl Global {
@@ -248,4 +274,25 @@ pub enum KeysCommand {
         /// Where to write it; refuses to overwrite.
         path: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let global = Global {
+            database_url: Some("postgres://app:hunter2@db:5432/atlas".into()),
+            data_dir: "./data".into(),
+            master_key_file: None,
+            pool_size: 8,
+        };
+        let shown = format!("{global:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:****@db:5432/atlas"),
+            "{shown}"
+        );
+    }
 }

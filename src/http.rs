@@ -245,7 +245,12 @@ async fn handle(
             group,
             version,
             params,
-            link_base: link_base(state.public_url.as_deref(), &parts.headers, path),
+            link_base: link_base(
+                state.public_url.as_deref(),
+                &parts.uri,
+                &parts.headers,
+                path,
+            ),
         };
         let reply = match (kind, &parts.method) {
             (None, _) => integrations::list_integrations(&ctx).await?,
@@ -328,7 +333,11 @@ async fn health(state: &AppState) -> Result<(Reply, Params)> {
 }
 
 /// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. An entry that is
+/// not an address (`ip`, `ip:port` or `[ipv6]:port`) stops the walk: the request then counts
+/// as coming from the unspecified address `0.0.0.0`, which no access list of single addresses
+/// or blocks allows short of `0.0.0.0/0`, so a forged header cannot borrow the proxy's
+/// address.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| {
         trusted
@@ -338,34 +347,65 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or("?"))
         .flat_map(|v| v.split(','))
-        .map(|entry| entry.trim().parse::<IpAddr>())
-        .collect::<std::result::Result<_, _>>()
-        .unwrap_or_default();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+        .map(str::trim)
+        .collect();
+    for entry in entries.into_iter().rev() {
+        match forwarded_address(entry) {
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return ip,
+            None => return IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+    peer
 }
 
-fn link_base(public_url: Option<&str>, headers: &HeaderMap, path: &str) -> String {
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    entry.parse::<SocketAddr>().ok().map(|addr| addr.ip())
+}
+
+fn link_base(
+    public_url: Option<&str>,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    path: &str,
+) -> String {
     let origin = match public_url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-                .unwrap_or("localhost");
+            // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host; anything that is not
+            // a plain `host[:port]` is not echoed into links.
+            let host = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .filter(|h| is_host_and_port(h))
+                .unwrap_or_else(|| "localhost".to_owned());
             format!("http://{host}")
         }
     };
     format!("{origin}{path}")
+}
+
+fn is_host_and_port(text: &str) -> bool {
+    !text.is_empty()
+        && !text.contains('@')
+        && text.parse::<axum::http::uri::Authority>().is_ok()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
 }
 
 /// Fixed-window per-project request limit (off by default), with `RateLimit-*` headers.
@@ -463,7 +503,37 @@ mod tests {
             "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
-        headers.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_ip(proxy, &headers, &trusted), proxy);
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("garbage, 203.0.113.9"),
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        for forged in ["garbage", "203.0.113.9:5555, nonsense"] {
+            headers.insert("x-forwarded-for", HeaderValue::from_static(forged));
+            assert_eq!(
+                client_ip(proxy, &headers, &trusted),
+                IpAddr::from([0, 0, 0, 0]),
+                "{forged}"
+            );
+        }
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9:5555"),
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::5]:80"),
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "2001:db8::5".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -89,6 +89,9 @@ fn aad(at: &SealedRef) -> Option<Vec<u8>> {
     }
 }
 
+/// How long a rotation waits for running servers to adopt the new key.
+const ADOPTION_WAIT: Duration = Duration::from_millis(1500);
+
 /// How far a rotation got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
@@ -124,6 +127,9 @@ pub async fn rotate_with_limit(
             new_key.to_base64().expose_secret().as_bytes(),
         );
         store.put_meta_if_absent(meta::PENDING_KEY, &sealed).await?;
+        // Let every server adopt the new key (they poll every quarter second by default)
+        // before any row is sealed under it.
+        tokio::time::sleep(ADOPTION_WAIT).await;
     }
     let ring = current.rotated_to(&new_key);
     let mut resealed = 0;
@@ -170,7 +176,7 @@ pub async fn rotate_with_limit(
         if changed == 0 {
             // Give servers that have not yet seen the pending key one refresh to adopt it,
             // then make sure nothing was written under the old key meanwhile.
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            tokio::time::sleep(ADOPTION_WAIT).await;
         }
     }
     let old_check = store

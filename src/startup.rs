@@ -71,10 +71,11 @@ pub fn default_key_path(global: &Global) -> PathBuf {
 
 async fn load_keyring(global: &Global, store: &dyn Store) -> anyhow::Result<Keyring> {
     let stored_check = store.meta(meta::KEY_CHECK).await?;
-    let key = if let Ok(text) = std::env::var("ATLAS_INTEGRATIONS_MASTER_KEY") {
-        MasterKey::from_base64(&text).context("ATLAS_INTEGRATIONS_MASTER_KEY is not a valid key")?
-    } else if let Some(path) = &global.master_key_file {
+    // A key file named on the command line (or its variable) wins over a key given inline.
+    let key = if let Some(path) = &global.master_key_file {
         MasterKey::load_file(path)?
+    } else if let Ok(text) = std::env::var("ATLAS_INTEGRATIONS_MASTER_KEY") {
+        MasterKey::from_base64(&text).context("ATLAS_INTEGRATIONS_MASTER_KEY is not a valid key")?
     } else {
         let path = default_key_path(global);
         if path.exists() {
@@ -149,18 +150,42 @@ impl FirstStart {
     }
 }
 
+/// How long an unfinished bootstrap may take before another start takes it over.
+const BOOTSTRAP_TIMEOUT_MS: i64 = 60_000;
+
 /// Creates org `default`, project `default` and an owner key, once per database, and only
 /// when the database has no organization yet.
 pub async fn bootstrap(store: &dyn Store, keyring: &Keyring) -> anyhow::Result<Option<FirstStart>> {
-    if store.meta(meta::BOOTSTRAPPED).await?.is_some() {
+    if !store.list_orgs().await?.is_empty() {
+        // Organizations exist (made here or with the CLI): nothing to bootstrap, ever again.
+        store
+            .put_meta_if_absent(meta::BOOTSTRAPPED, b"organizations")
+            .await?;
         return Ok(None);
     }
-    let token = ObjectId::generate().to_string();
-    let winner = store
+    // The marker elects one instance among several starting together; one that died before
+    // creating the organization leaves a marker but no organization, and the next start
+    // takes over.
+    let token = format!("{}:{}", now_ms(), ObjectId::generate());
+    let mut winner = store
         .put_meta_if_absent(meta::BOOTSTRAPPED, token.as_bytes())
         .await?;
-    if winner != token.as_bytes() || !store.list_orgs().await?.is_empty() {
-        return Ok(None);
+    if winner != token.as_bytes() {
+        let started_ms = std::str::from_utf8(&winner)
+            .ok()
+            .and_then(|w| w.split(':').next())
+            .and_then(|ms| ms.parse::<i64>().ok());
+        let abandoned = started_ms.is_some_and(|ms| now_ms() - ms > BOOTSTRAP_TIMEOUT_MS);
+        if !abandoned {
+            return Ok(None);
+        }
+        store.delete_meta(meta::BOOTSTRAPPED).await?;
+        winner = store
+            .put_meta_if_absent(meta::BOOTSTRAPPED, token.as_bytes())
+            .await?;
+        if winner != token.as_bytes() {
+            return Ok(None);
+        }
     }
     let now = now_ms();
     let org = Org {
@@ -325,11 +350,73 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let refresher = self.auth.spawn_refresher();
-        let service = self.app.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = serve(self.listener, self.app, shutdown).await;
         refresher.abort();
         result
     }
+}
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful shutdown waits for requests in flight before it gives up on them.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The accept loop: HTTP/1.1 and HTTP/2 on every connection, a header-read timeout (a client
+/// that never finishes its headers is dropped rather than holding a connection and delaying
+/// shutdown forever), and on `shutdown` a graceful stop bounded by [`SHUTDOWN_DEADLINE`].
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_DEADLINE) => {
+            tracing::warn!("requests still in flight after the shutdown deadline were dropped");
+        }
+    }
+    Ok(())
 }

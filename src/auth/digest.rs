@@ -37,7 +37,7 @@ use subtle::ConstantTimeEq;
 pub const REALM: &str = "MMS Public API";
 
 /// Longest `Authorization` header value accepted by [`parse_authorization`], in bytes.
-pub const MAX_HEADER_LEN: usize = 4096;
+pub const MAX_HEADER_LEN: usize = 16 * 1024;
 
 /// How far in the future a nonce's issue time may lie before it is treated as stale.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);

@@ -278,6 +278,9 @@ impl From<crate::store::StoreError> for ApiError {
                     HeaderValue::from_static("1"),
                 )
             }
+            // A row the write refers to vanished after the access check (the project was
+            // deleted meanwhile): the caller is no longer in that group.
+            crate::store::StoreError::NotFound => Self::plain(ErrorCode::NotInGroup),
             other => Self::internal(anyhow::Error::new(other)),
         }
     }

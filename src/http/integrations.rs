@@ -72,23 +72,41 @@ pub fn open(
     })
 }
 
+/// Opens a stored configuration; a value sealed under a key this server does not know yet
+/// (a rotation started by another process) makes it adopt the pending key and try again.
+async fn open_stored(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::Result<Config> {
+    match open(&ctx.state.keyring.ring(), ctx.group, stored) {
+        Ok(config) => Ok(config),
+        Err(err) => {
+            let unknown_key = Keyring::key_id_of(&stored.sealed)
+                .is_some_and(|id| !ctx.state.keyring.ring().contains(id));
+            if unknown_key
+                && ctx
+                    .state
+                    .keyring
+                    .adopt_pending(ctx.state.store.as_ref())
+                    .await?
+            {
+                return open(&ctx.state.keyring.ring(), ctx.group, stored);
+            }
+            Err(err)
+        }
+    }
+}
+
 /// `GET /groups/{groupId}/integrations`: every configured integration, paginated.
 ///
 /// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/listGroupIntegrations>
 pub async fn list_integrations(ctx: &Context<'_>) -> Result<Reply> {
     let stored = ctx.state.store.list_integrations(ctx.group).await?;
-    let rendered: Vec<Value> = stored
-        .iter()
-        .filter(|s| s.kind.available_in(ctx.version))
-        .filter_map(|s| match open(&ctx.state.keyring.ring(), ctx.group, s) {
-            Ok(config) => Some(Value::Object(config.render(ctx.version, s.id))),
-            Err(err) => {
-                // One unreadable row must not hide the others: it is left out and logged.
-                tracing::error!(error = %err, "integration left out of the list");
-                None
-            }
-        })
-        .collect();
+    let mut rendered = Vec::with_capacity(stored.len());
+    for s in stored.iter().filter(|s| s.kind.available_in(ctx.version)) {
+        match open_stored(ctx, s).await {
+            Ok(config) => rendered.push(Value::Object(config.render(ctx.version, s.id))),
+            // One unreadable row must not hide the others: it is left out and logged.
+            Err(err) => tracing::error!(error = %err, "integration left out of the list"),
+        }
+    }
     Ok(Reply::List(page(ctx, rendered)))
 }
 
@@ -139,7 +157,9 @@ pub async fn get_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result
         .get_integration(ctx.group, kind)
         .await?
         .ok_or_else(|| not_configured(kind))?;
-    let config = open(&ctx.state.keyring.ring(), ctx.group, &stored).map_err(ApiError::internal)?;
+    let config = open_stored(ctx, &stored)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Reply::Object(config.render(ctx.version, stored.id)))
 }
 
@@ -180,15 +200,14 @@ pub async fn update_integration(
     kind: IntegrationType,
     body: &Map<String, Value>,
 ) -> Result<Reply> {
+    // An unreadable stored row is not replaced: a client sending back masked secrets would
+    // otherwise store the masks in place of the real values. DELETE then POST repairs it.
     let existing = match ctx.state.store.get_integration(ctx.group, kind).await? {
-        Some(stored) => match open(&ctx.state.keyring.ring(), ctx.group, &stored) {
-            Ok(config) => Some(config),
-            Err(err) => {
-                // A replace is how an unreadable row gets repaired, so it goes on without it.
-                tracing::error!(error = %err, "replacing an unreadable integration");
-                None
-            }
-        },
+        Some(stored) => Some(
+            open_stored(ctx, &stored)
+                .await
+                .map_err(ApiError::internal)?,
+        ),
         None => None,
     };
     let config =

@@ -37,15 +37,17 @@ impl Params {
     /// The presentation flags only, read leniently, so that even an error about the query
     /// itself is shaped as the client asked.
     pub fn presentation(query: Option<&str>) -> Self {
-        let mut params = Self::default();
-        for (name, value) in pairs(query) {
-            match name.as_ref() {
-                "pretty" => params.pretty = value == "true",
-                "envelope" => params.envelope = value == "true",
-                _ => {}
-            }
+        // The first occurrence counts, as in `parse`.
+        let first = |wanted: &str| {
+            pairs(query)
+                .find(|(name, _)| name == wanted)
+                .is_some_and(|(_, value)| value == "true")
+        };
+        Self {
+            pretty: first("pretty"),
+            envelope: first("envelope"),
+            ..Self::default()
         }
-        params
     }
 
     /// Parses and validates the query; unknown parameters are ignored, and the first

@@ -179,3 +179,42 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_cleanly() {
     assert!(text.contains("\"DATADOG\""), "{text}");
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_cannot_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    // Arrange: a connection that sends half a request line and stops.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let mut server = Process::start(&["--data-dir", &data], &[]);
+    let mut stalled = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // Act
+    let pid = server.child.id().to_string();
+    let started = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Assert: the header-read timeout (10 s) ends it, well before the shutdown deadline.
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

@@ -331,10 +331,20 @@ async fn a_tampered_ciphertext_is_a_clear_error_and_other_rows_are_still_served(
     assert_eq!(kinds.len(), 9, "{kinds:?}");
     assert!(!kinds.contains(&"WEBHOOK".to_owned()));
     assert_eq!(other.status, 200);
-    // A PUT repairs the row.
-    let fixed = app
+    // A PUT does not overwrite what it cannot read (masks sent back would replace the real
+    // secrets); DELETE then POST repairs the row.
+    let refused = app
         .client
         .put(
+            &app.v1("WEBHOOK"),
+            r#"{"url":"https://fixed.example.com/x"}"#,
+        )
+        .await;
+    refused.assert_error(500, "UNEXPECTED_ERROR", &[]);
+    assert_eq!(app.client.delete(&app.v1("WEBHOOK")).await.status, 204);
+    let fixed = app
+        .client
+        .post(
             &app.v1("WEBHOOK"),
             r#"{"url":"https://fixed.example.com/x"}"#,
         )

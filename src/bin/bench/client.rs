@@ -361,8 +361,8 @@ impl Conn {
             loop {
                 let line = self.line().await?;
                 let size_text = line.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(size_text, 16)
-                    .map_err(|_| invalid("bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
                 if size == 0 {
                     // Trailers, up to the empty line.
                     while !self.line().await?.is_empty() {}

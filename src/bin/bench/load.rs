@@ -75,6 +75,8 @@ pub struct RunSpec {
     pub addr: SocketAddr,
     /// The server's process, for CPU time and memory.
     pub pid: u32,
+    /// Processes of this name work for the server (`postgres`): their CPU is counted apart.
+    pub database_process: Option<&'static str>,
     /// True for the ceiling (everything expects 200).
     pub ceiling: bool,
     /// The seeded database's projects and key.
@@ -112,6 +114,13 @@ pub struct RunResult {
     pub server_cores: f64,
     /// The load generator's own CPU time per request, µs.
     pub client_cpu_us_per_request: f64,
+    /// CPU time of the database server's processes (PostgreSQL) per request, µs.
+    pub database_cpu_us_per_request: f64,
+    /// CPU used by processes other than the server, its database and the load generator, in
+    /// cores: above a few tenths, the run was disturbed.
+    pub other_cores: f64,
+    /// CPU spent in interrupts, softirq (the loopback TCP stack) and steal, in cores.
+    pub irq_cores: f64,
     /// Highest resident set seen during the run (sampled every 50 ms), kB.
     pub peak_rss_kb: u64,
     /// Connection failures, resets, unreadable answers.
@@ -212,11 +221,7 @@ impl Chooser {
     }
 
     fn delete(&mut self) -> Request {
-        let taken = self
-            .created
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let taken = self.created.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (project, kind) =
             taken.unwrap_or_else(|| (self.project(), CHURN[self.rng.below(CHURN.len())]));
         Request {
@@ -256,7 +261,10 @@ async fn open_session(spec: &RunSpec, index: usize) -> std::io::Result<(Session,
     } else {
         spec.seed.private_key.as_str()
     };
-    let cnonce = format!("{:016x}", spec.seed_value ^ (index as u64).wrapping_mul(0x9e37));
+    let cnonce = format!(
+        "{:016x}",
+        spec.seed_value ^ (index as u64).wrapping_mul(0x9e37)
+    );
     let mut digest = DigestState::new(&spec.seed.public_key, password, cnonce);
     // The first request goes out without credentials, like curl's: the answer is the challenge.
     let uri = spec::path(&spec.seed.groups[index % spec.seed.groups.len()], None);
@@ -279,11 +287,7 @@ async fn open_session(spec: &RunSpec, index: usize) -> std::io::Result<(Session,
     Ok((Session { conn, digest }, problem))
 }
 
-async fn connection(
-    spec: Arc<RunSpec>,
-    index: usize,
-    barrier: Arc<Barrier>,
-) -> ConnStats {
+async fn connection(spec: Arc<RunSpec>, index: usize, barrier: Arc<Barrier>) -> ConnStats {
     let mut stats = ConnStats {
         latencies_ns: Vec::with_capacity(16 * 1024),
         ..ConnStats::default()
@@ -441,6 +445,8 @@ pub async fn run(spec: RunSpec) -> RunResult {
     let started = Instant::now();
     let server_before = server::cpu_ticks(pid).unwrap_or(0);
     let client_before = server::own_cpu_ticks().unwrap_or(0);
+    let (machine_before, irq_before) = server::machine_ticks().unwrap_or((0, 0));
+    let database_before = spec.database_process.map_or(0, server::cpu_ticks_named);
     let mut all = ConnStats::default();
     for task in tasks {
         let Ok(stats) = task.await else {
@@ -460,6 +466,8 @@ pub async fn run(spec: RunSpec) -> RunResult {
     }
     let server_after = server::cpu_ticks(pid).unwrap_or(0);
     let client_after = server::own_cpu_ticks().unwrap_or(0);
+    let (machine_after, irq_after) = server::machine_ticks().unwrap_or((0, 0));
+    let database_after = spec.database_process.map_or(0, server::cpu_ticks_named);
     let wall = started.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
     let peak_rss_kb = sampler.await.unwrap_or(0);
@@ -473,6 +481,11 @@ pub async fn run(spec: RunSpec) -> RunResult {
         }
     };
     let server_ticks = server_after.saturating_sub(server_before);
+    let client_ticks = client_after.saturating_sub(client_before);
+    let database_ticks = database_after.saturating_sub(database_before);
+    let other_ticks = machine_after
+        .saturating_sub(machine_before)
+        .saturating_sub(server_ticks + client_ticks + database_ticks);
     let mut latencies = all.latencies_ns;
     RunResult {
         requests,
@@ -483,7 +496,10 @@ pub async fn run(spec: RunSpec) -> RunResult {
         p999_us: percentile(&mut latencies, 0.999) / 1e3,
         cpu_us_per_request: per_request(server_ticks),
         server_cores: server_ticks as f64 / spec.ticks / wall,
-        client_cpu_us_per_request: per_request(client_after.saturating_sub(client_before)),
+        client_cpu_us_per_request: per_request(client_ticks),
+        database_cpu_us_per_request: per_request(database_ticks),
+        other_cores: other_ticks as f64 / spec.ticks / wall,
+        irq_cores: irq_after.saturating_sub(irq_before) as f64 / spec.ticks / wall,
         peak_rss_kb,
         transport_errors: all.transport_errors,
         unexpected: all.unexpected,

@@ -32,8 +32,10 @@ pub struct Machine {
     pub commit: String,
     /// `rustc --version`.
     pub rustc: String,
-    /// Median time of a 4 KiB write + fdatasync in the data directory, ms.
-    pub fsync_ms: f64,
+    /// Median time of a 4 KiB write + fdatasync at the end of a file in the data directory, ms.
+    pub fsync_append_ms: f64,
+    /// The same, overwriting the file's first block, ms.
+    pub fsync_overwrite_ms: f64,
     /// PostgreSQL's `version()`, when it was reachable.
     pub postgres: Option<String>,
 }
@@ -58,6 +60,7 @@ impl Machine {
             .lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME="))
             .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned());
+        let fsync = fsync_ms(data_dir);
         Self {
             nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu,
@@ -69,7 +72,8 @@ impl Machine {
                 .unwrap_or_else(|| "unknown".to_owned()),
             commit: git_commit().unwrap_or_else(|| "unknown".to_owned()),
             rustc: command_output("rustc", &["--version"]).unwrap_or_else(|| "unknown".to_owned()),
-            fsync_ms: fsync_ms(data_dir).unwrap_or(f64::NAN),
+            fsync_append_ms: fsync.map_or(f64::NAN, |f| f.0),
+            fsync_overwrite_ms: fsync.map_or(f64::NAN, |f| f.1),
             postgres: None,
         }
     }
@@ -86,7 +90,10 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 /// The commit `HEAD` points at, from the `.git` directory above the working directory.
 fn git_commit() -> Option<String> {
     let cwd = std::env::current_dir().ok()?;
-    let git = cwd.ancestors().map(|d| d.join(".git")).find(|d| d.is_dir())?;
+    let git = cwd
+        .ancestors()
+        .map(|d| d.join(".git"))
+        .find(|d| d.is_dir())?;
     let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
     let head = head.trim();
     let Some(reference) = head.strip_prefix("ref: ") else {
@@ -102,22 +109,32 @@ fn git_commit() -> Option<String> {
     })
 }
 
-/// Median of 30 4 KiB writes, each followed by fdatasync, in `dir`.
-fn fsync_ms(dir: &Path) -> Option<f64> {
-    use std::io::Write;
+/// Median time (ms) of 30 4 KiB writes each followed by fdatasync in `dir`: `(appending,
+/// overwriting)`. Appending grows the file, so the filesystem commits its journal too;
+/// overwriting allocated blocks (what SQLite's reused WAL mostly does) only flushes the data.
+fn fsync_ms(dir: &Path) -> Option<(f64, f64)> {
+    use std::io::{Seek, SeekFrom, Write};
     std::fs::create_dir_all(dir).ok()?;
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path).ok()?;
     let block = [0x5au8; 4096];
-    let mut times = Vec::new();
-    for _ in 0..30 {
-        let started = std::time::Instant::now();
-        file.write_all(&block).ok()?;
-        file.sync_data().ok()?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-    }
+    let time = |file: &mut std::fs::File, overwrite: bool| -> Option<f64> {
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            if overwrite {
+                file.seek(SeekFrom::Start(0)).ok()?;
+            }
+            let started = std::time::Instant::now();
+            file.write_all(&block).ok()?;
+            file.sync_data().ok()?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        Some(median(&times))
+    };
+    let append = time(&mut file, false);
+    let overwrite = time(&mut file, true);
     let _ = std::fs::remove_file(&path);
-    Some(median(&times))
+    Some((append?, overwrite?))
 }
 
 /// Median (mean of the middle two for an even count); NaN when empty.
@@ -136,9 +153,11 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    })
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// A median with its range.
@@ -199,6 +218,10 @@ pub struct Row {
     pub ratio: Option<Spread>,
     /// The load generator's CPU per request, µs.
     pub client_cpu_us_per_request: f64,
+    /// The database server's CPU per request (PostgreSQL), µs.
+    pub database_cpu_us_per_request: f64,
+    /// The most CPU other processes used during one of these runs, in cores.
+    pub other_cores_max: f64,
     /// Requests by status over all rounds.
     pub statuses: BTreeMap<String, u64>,
     /// The target for this row, if the issue sets one.
@@ -253,6 +276,8 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                 peak_rss_kb: mine.iter().map(|r| r.result.peak_rss_kb).max().unwrap_or(0),
                 ratio,
                 client_cpu_us_per_request: median(&values(|r| r.client_cpu_us_per_request)),
+                database_cpu_us_per_request: median(&values(|r| r.database_cpu_us_per_request)),
+                other_cores_max: values(|r| r.other_cores).into_iter().fold(0.0, f64::max),
                 statuses,
                 server,
                 target: None,
@@ -354,7 +379,14 @@ fn ratio_target(
 pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Target> {
     let n = settings.projects;
     let mut targets = Vec::new();
-    ratio_target(rows, &mut targets, Workload::W1, "sqlite", 0.5, "W1 req/s (SQLite)");
+    ratio_target(
+        rows,
+        &mut targets,
+        Workload::W1,
+        "sqlite",
+        0.5,
+        "W1 req/s (SQLite)",
+    );
     if let Some(r) = rows
         .iter_mut()
         .find(|r| r.workload == Workload::W1 && r.server == "sqlite")
@@ -371,8 +403,22 @@ pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Targ
             pass: Some(pass),
         });
     }
-    ratio_target(rows, &mut targets, Workload::W3, "sqlite", 0.4, "W3 req/s (SQLite)");
-    ratio_target(rows, &mut targets, Workload::W5, "sqlite", 0.6, "W5 req/s (SQLite)");
+    ratio_target(
+        rows,
+        &mut targets,
+        Workload::W3,
+        "sqlite",
+        0.4,
+        "W3 req/s (SQLite)",
+    );
+    ratio_target(
+        rows,
+        &mut targets,
+        Workload::W5,
+        "sqlite",
+        0.6,
+        "W5 req/s (SQLite)",
+    );
     match rows
         .iter_mut()
         .find(|r| r.workload == Workload::W4 && r.server == "sqlite")
@@ -406,7 +452,10 @@ pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Targ
     let idle = extras.idle_rss_kb.get("sqlite").copied();
     targets.push(Target {
         name: format!("idle RSS (SQLite, {n} projects)"),
-        figure: idle.map_or_else(|| "not measured".to_owned(), |kb| format!("{:.1} MiB", mib(kb))),
+        figure: idle.map_or_else(
+            || "not measured".to_owned(),
+            |kb| format!("{:.1} MiB", mib(kb)),
+        ),
         threshold: "≤ 20 MiB".to_owned(),
         pass: idle.map(|kb| mib(kb) <= 20.0),
     });
@@ -535,14 +584,22 @@ fn extras_table(extras: &Extras) -> String {
         );
     }
     for (server, kb) in &extras.idle_rss_kb {
-        let _ = writeln!(out, "| idle RSS after start | {server} | {:.1} MiB |", mib(*kb));
+        let _ = writeln!(
+            out,
+            "| idle RSS after start | {server} | {:.1} MiB |",
+            mib(*kb)
+        );
     }
     for (server, kb) in &extras.hwm_kb {
         let _ = writeln!(out, "| VmHWM at the end | {server} | {:.1} MiB |", mib(*kb));
     }
     for (binary, size) in &extras.stripped_bytes {
         let value = match size {
-            Ok(bytes) => format!("{:.2} MiB ({} bytes)", *bytes as f64 / 1_048_576.0, thousands(*bytes as f64)),
+            Ok(bytes) => format!(
+                "{:.2} MiB ({} bytes)",
+                *bytes as f64 / 1_048_576.0,
+                thousands(*bytes as f64)
+            ),
             Err(why) => why.clone(),
         };
         let _ = writeln!(out, "| stripped binary size | {binary} | {value} |");
@@ -566,13 +623,14 @@ pub fn markdown(
     let _ = writeln!(out, "`{}`\n", settings.command);
     let _ = writeln!(
         out,
-        "Machine: {} cores ({}), {} MiB RAM, {}, kernel {}; disk fsync (4 KiB write + fdatasync) {:.2} ms median; {}{}.\n",
+        "Machine: {} cores ({}), {} MiB RAM, {}, kernel {}; 4 KiB write + fdatasync in the data directory {:.2} ms appending, {:.2} ms overwriting (medians); {}{}.\n",
         machine.nproc,
         machine.cpu,
         machine.memory_mib,
         machine.os,
         machine.kernel,
-        machine.fsync_ms,
+        machine.fsync_append_ms,
+        machine.fsync_overwrite_ms,
         machine.rustc,
         machine
             .postgres
@@ -590,6 +648,43 @@ pub fn markdown(
         settings.connections
     );
     out.push_str(&table(rows, !settings.quick));
+    let _ = writeln!(
+        out,
+        "\n- Load generator CPU per request (one thread, the same for every server): {}.",
+        rows.iter()
+            .map(|r| format!(
+                "{:?} {} {:.1} µs",
+                r.workload, r.server, r.client_cpu_us_per_request
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for r in rows.iter().filter(|r| r.database_cpu_us_per_request > 0.0) {
+        let _ = writeln!(
+            out,
+            "- {:?} {}: PostgreSQL's own processes used another {:.1} µs of CPU per request (not in the server CPU column).",
+            r.workload, r.server, r.database_cpu_us_per_request
+        );
+    }
+    let disturbed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.other_cores_max > 0.25)
+        .map(|r| {
+            format!(
+                "{:?} {} ({:.2} cores)",
+                r.workload, r.server, r.other_cores_max
+            )
+        })
+        .collect();
+    if disturbed.is_empty() {
+        out.push_str("- No run saw more than 0.25 cores used by other processes.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "- Runs disturbed by other processes after two retries (most CPU they used during one run): {}.",
+            disturbed.join(", ")
+        );
+    }
     if !settings.quick {
         out.push_str("\n## Targets\n\n");
         out.push_str(&targets_table(targets));

@@ -96,9 +96,7 @@ pub async fn sqlite(root: &Path, projects: usize) -> anyhow::Result<Seeded> {
     let build_dir = if shm.is_dir() {
         shm.join(format!("atlas-bench-{}-{projects}", std::process::id()))
     } else {
-        eprintln!(
-            "  (no /dev/shm: seeding on disk, one fsync per row; this is slow for large N)"
-        );
+        eprintln!("  (no /dev/shm: seeding on disk, one fsync per row; this is slow for large N)");
         dir.join("build")
     };
     std::fs::create_dir_all(&build_dir)?;
@@ -253,7 +251,10 @@ async fn still_there(dir: &Path, url: &str, seed: &Seed) -> bool {
     let Ok((store, _)) = startup::open_database(&global, true).await else {
         return false;
     };
-    for group in [seed.groups.first(), seed.groups.last()].into_iter().flatten() {
+    for group in [seed.groups.first(), seed.groups.last()]
+        .into_iter()
+        .flatten()
+    {
         let Some(id) = ObjectId::parse(group) else {
             return false;
         };
@@ -281,7 +282,8 @@ async fn populate(
     let (key, private_key) =
         startup::new_api_key(&keyring, org.id, OrgRole::Owner, "benchmark key");
     store.create_api_key(&key).await?;
-    let groups: Arc<Vec<ObjectId>> = Arc::new((0..projects).map(|_| ObjectId::generate()).collect());
+    let groups: Arc<Vec<ObjectId>> =
+        Arc::new((0..projects).map(|_| ObjectId::generate()).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -346,4 +348,15 @@ async fn populate(
         groups: groups.iter().map(ToString::to_string).collect(),
         seconds: 0.0,
     })
+}
+
+/// PostgreSQL's `version()`, for the machine description.
+pub async fn postgres_version(admin_url: &str) -> Option<String> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await.ok()?;
+    let version: String = sqlx::query_scalar("select version()")
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    let _ = conn.close().await;
+    Some(version.split(" on ").next().unwrap_or(&version).to_owned())
 }

@@ -174,6 +174,16 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A server left running when the driver fails is killed, not orphaned.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// User + system CPU time of a process (all its threads), in clock ticks.
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -192,6 +202,68 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
             .context("unexpected /proc/PID/stat")
     };
     Ok(field(11)? + field(12)?)
+}
+
+/// CPU time of the whole machine, in clock ticks: `(processes, interrupts)`, where processes
+/// is user + nice + system and interrupts is irq + softirq + steal (loopback TCP is processed
+/// in softirq, which `/proc/PID/stat` does not charge to the process).
+pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = text
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .context("unexpected /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    Ok((at(0) + at(1) + at(2), at(5) + at(6) + at(7)))
+}
+
+/// Waits (up to `patience`) until the machine is quiet: less than `max_cores` of CPU busy
+/// over a 300 ms window. Returns the last busy figure, in cores.
+pub async fn wait_quiet(max_cores: f64, patience: Duration, ticks: f64) -> f64 {
+    let give_up = Instant::now() + patience;
+    loop {
+        let (before, _) = machine_ticks().unwrap_or((0, 0));
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (after, _) = machine_ticks().unwrap_or((0, 0));
+        let cores = after.saturating_sub(before) as f64 / ticks / started.elapsed().as_secs_f64();
+        if cores <= max_cores || Instant::now() >= give_up {
+            return cores;
+        }
+    }
+}
+
+/// CPU time in clock ticks of every process named `name` (e.g. `postgres`: the database
+/// server and its backends, which work for the server under test).
+pub fn cpu_ticks_named(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(comm, _)| comm);
+        if comm == Some(name) {
+            total += cpu_ticks(pid).unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// This process's CPU time in clock ticks.

@@ -24,7 +24,10 @@ pub const CHURN: [IntegrationType; 5] = [
 
 /// A valid v1.0 body for `kind`, with random secrets (`salt` varies them).
 pub fn body(kind: IntegrationType, salt: u64) -> String {
-    let hex = format!("{salt:016x}{:016x}", salt.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15);
+    let hex = format!(
+        "{salt:016x}{:016x}",
+        salt.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15
+    );
     let name = kind.as_str();
     match kind {
         IntegrationType::PagerDuty => {
