@@ -22,8 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    challenge_param, digest_header, path, send_raw, spawn_app, spawn_app_with, DigestClient,
-    Options, Reply, TestApp, V2,
+    challenge_param, digest_header, fresh_nonce, path, read_reply, send_raw, spawn_app,
+    spawn_app_with, DigestClient, Options, Reply, TestApp, V2,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -102,27 +102,20 @@ async fn assign(app: &TestApp, public_key: &str, project: &str, role: &str) {
 }
 
 async fn access_add(app: &TestApp, public_key: &str, cidr: &str) {
-    admin::api_keys(
-        &app.global,
-        ApiKeysCommand::AccessList(AccessListCommand::Add {
-            public_key: public_key.to_owned(),
-            cidr: cidr.to_owned(),
-        }),
-    )
-    .await
-    .expect("access-list add");
+    let (public_key, cidr) = (public_key.to_owned(), cidr.to_owned());
+    access_list(app, AccessListCommand::Add { public_key, cidr }).await;
 }
 
 async fn access_remove(app: &TestApp, public_key: &str, cidr: &str) {
-    admin::api_keys(
-        &app.global,
-        ApiKeysCommand::AccessList(AccessListCommand::Remove {
-            public_key: public_key.to_owned(),
-            cidr: cidr.to_owned(),
-        }),
-    )
-    .await
-    .expect("access-list remove");
+    let (public_key, cidr) = (public_key.to_owned(), cidr.to_owned());
+    access_list(app, AccessListCommand::Remove { public_key, cidr }).await;
+}
+
+async fn access_list(app: &TestApp, command: AccessListCommand) {
+    let what = format!("access-list {command:?}");
+    admin::api_keys(&app.global, ApiKeysCommand::AccessList(command))
+        .await
+        .expect(&what);
 }
 
 /// Repeats a GET of `path` (with `headers`) until it answers `expected` (and, when given, the
@@ -137,7 +130,7 @@ async fn poll_get(
     what: &str,
 ) -> Reply {
     loop {
-        let reply = client.send(Method::GET, path, None, headers).await;
+        let reply = client.get_with(path, headers).await;
         let code_matches = code.is_none_or(|code| {
             serde_json::from_str::<Value>(&reply.text).is_ok_and(|b| b["errorCode"] == code)
         });
@@ -155,6 +148,25 @@ async fn poll_get(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Asserts a 403 `IP_ADDRESS_NOT_ON_ACCESS_LIST` that names `address`.
+fn assert_not_on_access_list(reply: &Reply, address: &str) {
+    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &[address]);
+    assert_eq!(
+        reply.json()["detail"],
+        format!("IP address {address} is not allowed to access this resource."),
+        "detail"
+    );
+}
+
+/// Polls a GET of the owner's list (with `headers`) until the access list refuses it, naming
+/// `address`; `what` names the change that should make it so.
+async fn await_access_refused(app: &TestApp, headers: &[(&str, &str)], address: &str, what: &str) {
+    let expected = (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST"));
+    let path = app.v1("");
+    let reply = poll_get(&app.client, &path, headers, expected, Instant::now(), what).await;
+    assert_not_on_access_list(&reply, address);
 }
 
 /// Asserts an Atlas error body with `status` and `code`, naming `ctx` on failure.
@@ -228,24 +240,6 @@ fn expect_status(reply: &Reply, status: u16, ctx: &str) {
     );
 }
 
-/// A fresh nonce from an unauthenticated request's challenge.
-async fn fresh_nonce(app: &TestApp) -> String {
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &app.v1(""),
-        None,
-        &[],
-        None,
-    )
-    .await;
-    let challenge = reply
-        .header("www-authenticate")
-        .unwrap_or_else(|| panic!("no challenge: {} {}", reply.status, reply.text));
-    challenge_param(&challenge, "nonce").expect("nonce in the challenge")
-}
-
 /// Sends one request with `authorization` as raw header bytes (possibly not UTF-8).
 async fn send_with_auth(
     app: &TestApp,
@@ -253,25 +247,11 @@ async fn send_with_auth(
     path: &str,
     authorization: Option<HeaderValue>,
 ) -> Reply {
-    let mut request = app
-        .client
-        .raw()
-        .request(method, format!("{}{path}", app.base));
-    if path.starts_with("/api/atlas/v2/") {
-        request = request.header("accept", V2);
-    }
+    let mut request = app.request(method, path);
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body");
-    Reply {
-        status,
-        headers,
-        text,
-    }
+    read_reply(request).await
 }
 
 fn header(text: &str) -> HeaderValue {
@@ -880,7 +860,6 @@ async fn a_role_change_through_the_cli_is_enforced_within_a_second() {
 #[tokio::test]
 async fn a_request_without_authorization_gets_the_digest_challenge() {
     let app = spawn_app().await;
-    let http = app.client.raw();
     let mut nonces = Vec::new();
     for (method, path, body) in [
         (Method::GET, app.v1(""), None),
@@ -892,7 +871,7 @@ async fn a_request_without_authorization_gets_the_digest_challenge() {
         (Method::POST, app.v2("DATADOG"), Some(DATADOG)),
     ] {
         let ctx = format!("{method} {path} without Authorization");
-        let reply = send_raw(http, &app.base, method, &path, body, &[], None).await;
+        let reply = app.send_with_authorization(method, &path, body, None).await;
         reply.assert_error(401, "USER_UNAUTHORIZED", &[]);
         assert_eq!(
             reply.json()["detail"],
@@ -933,18 +912,13 @@ async fn the_challenge_comes_before_the_body_is_read_or_validated() {
 
     // Invalid JSON: 401, not 400.
     for path in [app.v1("DATADOG"), app.v2("DATADOG")] {
-        let reply = send_raw(
-            http,
-            &app.base,
-            Method::POST,
-            &path,
-            Some("{not json"),
-            &[],
-            None,
-        )
-        .await;
+        let reply = app
+            .send_with_authorization(Method::POST, &path, Some("{not json"), None)
+            .await;
         expect_unauthorized(&reply, false, &format!("POST {path} invalid JSON, no auth"));
-        let reply = send_raw(http, &app.base, Method::PUT, &path, Some("[1,2"), &[], None).await;
+        let reply = app
+            .send_with_authorization(Method::PUT, &path, Some("[1,2"), None)
+            .await;
         expect_unauthorized(&reply, false, &format!("PUT {path} invalid JSON, no auth"));
     }
     // Over the 64 KiB limit: 401, not 413.
@@ -952,28 +926,14 @@ async fn the_challenge_comes_before_the_body_is_read_or_validated() {
         "{{\"type\":\"DATADOG\",\"apiKey\":\"{}\"}}",
         "a".repeat(200 * 1024)
     );
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::POST,
-        &app.v1("DATADOG"),
-        Some(&big),
-        &[],
-        None,
-    )
-    .await;
+    let reply = app
+        .send_with_authorization(Method::POST, &app.v1("DATADOG"), Some(&big), None)
+        .await;
     expect_unauthorized(&reply, false, "POST 200 KB body, no auth");
     // Curl's first leg: an empty POST.
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::POST,
-        &app.v1("DATADOG"),
-        Some(""),
-        &[],
-        None,
-    )
-    .await;
+    let reply = app
+        .send_with_authorization(Method::POST, &app.v1("DATADOG"), Some(""), None)
+        .await;
     expect_unauthorized(&reply, false, "POST empty body, no auth");
     // v2 without the versioned Accept: authentication comes first (401, not 406).
     let reply = send_raw(
@@ -1048,46 +1008,22 @@ async fn the_access_list_admits_listed_addresses_only() {
     // Only 10.0.0.0/8: refused, naming the caller.
     access_add(&app, &app.public_key, "10.0.0.0/8").await;
     access_remove(&app, &app.public_key, "127.0.0.1/32").await;
-    let reply = poll_get(
-        client,
-        &app.v1(""),
-        &[],
-        (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")),
-        Instant::now(),
-        "only 10.0.0.0/8",
-    )
-    .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
-    assert_eq!(
-        reply.json()["detail"],
-        "IP address 127.0.0.1 is not allowed to access this resource.",
-        "detail"
-    );
+    await_access_refused(&app, &[], "127.0.0.1", "only 10.0.0.0/8").await;
     // Writes are refused too, and change nothing.
     let reply = client.post(&app.v1("DATADOG"), DATADOG).await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    assert_not_on_access_list(&reply, "127.0.0.1");
     // The access list comes before the v2 version (406) and the group id (404).
     let reply = client
-        .send(
-            Method::GET,
-            &app.v2(""),
-            None,
-            &[("accept", "application/json")],
-        )
+        .get_with(&app.v2(""), &[("accept", "application/json")])
         .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    assert_not_on_access_list(&reply, "127.0.0.1");
     let reply = client.get(&path("v1.0", "not-an-id", "")).await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    assert_not_on_access_list(&reply, "127.0.0.1");
     // X-Forwarded-For from an untrusted peer is ignored.
     let reply = client
-        .send(
-            Method::GET,
-            &app.v1(""),
-            None,
-            &[("x-forwarded-for", "10.1.2.3")],
-        )
+        .get_with(&app.v1(""), &[("x-forwarded-for", "10.1.2.3")])
         .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    assert_not_on_access_list(&reply, "127.0.0.1");
 
     // Listed again (a bare address): allowed within a second; the refused POST stored nothing.
     access_add(&app, &app.public_key, "127.0.0.1").await;
@@ -1113,26 +1049,12 @@ async fn the_access_list_admits_listed_addresses_only() {
 async fn an_untrusted_peer_cannot_claim_an_address_with_x_forwarded_for() {
     let app = spawn_app().await;
     access_add(&app, &app.public_key, "2001:db8::/32").await;
-    let reply = poll_get(
-        &app.client,
-        &app.v1(""),
-        &[],
-        (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")),
-        Instant::now(),
-        "IPv6 only",
-    )
-    .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    await_access_refused(&app, &[], "127.0.0.1", "IPv6 only").await;
     let reply = app
         .client
-        .send(
-            Method::GET,
-            &app.v1(""),
-            None,
-            &[("x-forwarded-for", "2001:db8::5")],
-        )
+        .get_with(&app.v1(""), &[("x-forwarded-for", "2001:db8::5")])
         .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    assert_not_on_access_list(&reply, "127.0.0.1");
 }
 
 #[tokio::test]
@@ -1145,25 +1067,14 @@ async fn ipv6_clients_behind_a_trusted_proxy_are_checked_against_the_access_list
     let xff = [("x-forwarded-for", "2001:db8::5")];
     access_add(&app, &app.public_key, "2001:db8::/32").await;
     // Once the list is in force, the proxy itself (no X-Forwarded-For) is refused...
-    let reply = poll_get(
-        &app.client,
-        &app.v1(""),
-        &[],
-        (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")),
-        Instant::now(),
-        "2001:db8::/32 only",
-    )
-    .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
+    await_access_refused(&app, &[], "127.0.0.1", "2001:db8::/32 only").await;
     // ...and the client it forwards for is admitted.
-    let reply = app.client.send(Method::GET, &app.v1(""), None, &xff).await;
+    let reply = app.client.get_with(&app.v1(""), &xff).await;
     expect_status(&reply, 200, "2001:db8::5 forwarded by a trusted proxy");
     let reply = app
         .client
-        .send(
-            Method::GET,
+        .get_with(
             &app.v1(""),
-            None,
             &[("x-forwarded-for", "203.0.113.7, 2001:db8::5")],
         )
         .await;
@@ -1171,25 +1082,10 @@ async fn ipv6_clients_behind_a_trusted_proxy_are_checked_against_the_access_list
     // The forwarded address decides, not the proxy: another IPv6 network only.
     access_add(&app, &app.public_key, "2001:db9::/32").await;
     access_remove(&app, &app.public_key, "2001:db8::/32").await;
-    let reply = poll_get(
-        &app.client,
-        &app.v1(""),
-        &xff,
-        (403, Some("IP_ADDRESS_NOT_ON_ACCESS_LIST")),
-        Instant::now(),
-        "2001:db8::/32 removed",
-    )
-    .await;
-    reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["2001:db8::5"]);
-    assert_eq!(
-        reply.json()["detail"],
-        "IP address 2001:db8::5 is not allowed to access this resource."
-    );
+    await_access_refused(&app, &xff, "2001:db8::5", "2001:db8::/32 removed").await;
     let other = [("x-forwarded-for", "2001:db9::1:2")];
     expect_status(
-        &app.client
-            .send(Method::GET, &app.v1(""), None, &other)
-            .await,
+        &app.client.get_with(&app.v1(""), &other).await,
         200,
         "2001:db9::1:2 listed",
     );
@@ -1212,16 +1108,7 @@ async fn an_expired_nonce_gets_stale_true_and_is_not_counted_as_a_failure() {
     let uri = app.v1("");
     let nonce = fresh_nonce(&app).await;
     let fresh = digest_header(&user, &password, "GET", &uri, &nonce, 1, &cnonce());
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &uri,
-        None,
-        &[],
-        Some(&fresh),
-    )
-    .await;
+    let reply = app.get_with_authorization(&uri, Some(&fresh)).await;
     expect_status(&reply, 200, "fresh nonce");
 
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -1230,16 +1117,7 @@ async fn an_expired_nonce_gets_stale_true_and_is_not_counted_as_a_failure() {
     let mut new_nonces = Vec::new();
     for nc in 2..=7 {
         let auth = digest_header(&user, &password, "GET", &uri, &nonce, nc, &cn);
-        let reply = send_raw(
-            app.client.raw(),
-            &app.base,
-            Method::GET,
-            &uri,
-            None,
-            &[],
-            Some(&auth),
-        )
-        .await;
+        let reply = app.get_with_authorization(&uri, Some(&auth)).await;
         expect_unauthorized(
             &reply,
             true,
@@ -1254,30 +1132,12 @@ async fn an_expired_nonce_gets_stale_true_and_is_not_counted_as_a_failure() {
     );
     // The new nonce works.
     let auth = digest_header(&user, &password, "GET", &uri, &new_nonces[0], 1, &cnonce());
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &uri,
-        None,
-        &[],
-        Some(&auth),
-    )
-    .await;
+    let reply = app.get_with_authorization(&uri, Some(&auth)).await;
     expect_status(&reply, 200, "the nonce of the stale challenge");
 
     // Wrong credentials on the expired nonce: stale=false, and this one counts (failure 1).
     let auth = digest_header(&user, "wrong-password", "GET", &uri, &nonce, 9, &cnonce());
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &uri,
-        None,
-        &[],
-        Some(&auth),
-    )
-    .await;
+    let reply = app.get_with_authorization(&uri, Some(&auth)).await;
     expect_unauthorized(
         &reply,
         false,
@@ -1289,29 +1149,11 @@ async fn an_expired_nonce_gets_stale_true_and_is_not_counted_as_a_failure() {
     let fresh = fresh_nonce(&app).await;
     for nc in 1..=2 {
         let auth = digest_header(&user, "wrong-password", "GET", &uri, &fresh, nc, &cnonce());
-        let reply = send_raw(
-            app.client.raw(),
-            &app.base,
-            Method::GET,
-            &uri,
-            None,
-            &[],
-            Some(&auth),
-        )
-        .await;
+        let reply = app.get_with_authorization(&uri, Some(&auth)).await;
         expect_unauthorized(&reply, false, &format!("failure {}", nc + 1));
     }
     let auth = digest_header(&user, "wrong-password", "GET", &uri, &fresh, 3, &cnonce());
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &uri,
-        None,
-        &[],
-        Some(&auth),
-    )
-    .await;
+    let reply = app.get_with_authorization(&uri, Some(&auth)).await;
     expect_error(&reply, 429, "RATE_LIMITED", "failure 4 with limit 3");
 
     // A client like curl recovers from stale nonces on its own.
@@ -1329,60 +1171,38 @@ async fn a_replayed_authorization_is_refused_and_rising_nc_keeps_working() {
     let (user, password) = (app.public_key.clone(), app.private_key.clone());
     let uri = app.v1("");
     let nonce = fresh_nonce(&app).await;
-    let http = app.client.raw();
     let cn = cnonce();
 
     let first = digest_header(&user, &password, "GET", &uri, &nonce, 1, &cn);
-    let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(&first)).await;
+    let reply = app.get_with_authorization(&uri, Some(&first)).await;
     expect_status(&reply, 200, "first use");
-    let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(&first)).await;
+    let reply = app.get_with_authorization(&uri, Some(&first)).await;
     expect_unauthorized(&reply, false, "the same header again");
 
     for nc in 2..=60 {
         let auth = digest_header(&user, &password, "GET", &uri, &nonce, nc, &cn);
-        let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(&auth)).await;
+        let reply = app.get_with_authorization(&uri, Some(&auth)).await;
         expect_status(&reply, 200, &format!("nc={nc} on the same nonce"));
     }
     // A replay of an older count is refused too.
     let old = digest_header(&user, &password, "GET", &uri, &nonce, 30, &cn);
-    let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(&old)).await;
+    let reply = app.get_with_authorization(&uri, Some(&old)).await;
     expect_unauthorized(&reply, false, "replay of nc=30");
     // A write replayed: the second one is refused and does nothing.
     let post_uri = app.v1("OPS_GENIE");
     let post = digest_header(&user, &password, "POST", &post_uri, &nonce, 61, &cn);
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::POST,
-        &post_uri,
-        Some(OPS_GENIE),
-        &[],
-        Some(&post),
-    )
-    .await;
+    let reply = app
+        .send_with_authorization(Method::POST, &post_uri, Some(OPS_GENIE), Some(&post))
+        .await;
     expect_status(&reply, 200, "POST");
     let delete = digest_header(&user, &password, "DELETE", &post_uri, &nonce, 62, &cn);
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::DELETE,
-        &post_uri,
-        None,
-        &[],
-        Some(&delete),
-    )
-    .await;
+    let reply = app
+        .send_with_authorization(Method::DELETE, &post_uri, None, Some(&delete))
+        .await;
     expect_status(&reply, 204, "DELETE");
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::POST,
-        &post_uri,
-        Some(OPS_GENIE),
-        &[],
-        Some(&post),
-    )
-    .await;
+    let reply = app
+        .send_with_authorization(Method::POST, &post_uri, Some(OPS_GENIE), Some(&post))
+        .await;
     expect_unauthorized(&reply, false, "replayed POST");
     let reply = app.client.get(&post_uri).await;
     expect_error(
@@ -1393,7 +1213,7 @@ async fn a_replayed_authorization_is_refused_and_rising_nc_keeps_working() {
     );
     // Another cnonce on the same nonce starts its own count.
     let auth = digest_header(&user, &password, "GET", &uri, &nonce, 1, &cnonce());
-    let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(&auth)).await;
+    let reply = app.get_with_authorization(&uri, Some(&auth)).await;
     expect_status(&reply, 200, "new cnonce, nc=1");
     // The helper client keeps one nonce for many requests.
     for i in 0..20 {
@@ -1417,6 +1237,18 @@ async fn malformed_authorization_headers_get_401_never_500() {
     let (user, password) = (app.public_key.as_str(), app.private_key.as_str());
     let nonce = fresh_nonce(&app).await;
     let valid = |cn: &str| Fields::valid(user, password, "GET", &uri, &nonce, Some("MD5"), 1, cn);
+    let md5 = |user: &str, password: &str, method: &str, uri: &str, nonce: &str| {
+        Fields::valid(
+            user,
+            password,
+            method,
+            uri,
+            nonce,
+            Some("MD5"),
+            1,
+            &cnonce(),
+        )
+    };
 
     // The builder itself is right: its header passes.
     let reply = send_with_auth(
@@ -1487,19 +1319,7 @@ async fn malformed_authorization_headers_get_401_never_500() {
     }
     add(
         "uri of another path (digest computed for it)",
-        header(
-            &Fields::valid(
-                user,
-                password,
-                "GET",
-                &other_uri,
-                &nonce,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(user, password, "GET", &other_uri, &nonce).render()),
     );
     {
         let cn = cnonce();
@@ -1521,19 +1341,7 @@ async fn malformed_authorization_headers_get_401_never_500() {
     }
     add(
         "digest computed for another method",
-        header(
-            &Fields::valid(
-                user,
-                password,
-                "POST",
-                &uri,
-                &nonce,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(user, password, "POST", &uri, &nonce).render()),
     );
     add(
         "unknown algorithm SHA-512",
@@ -1616,99 +1424,36 @@ async fn malformed_authorization_headers_get_401_never_500() {
     }
     add(
         "nonce tampered (digest computed with it)",
-        header(
-            &Fields::valid(
-                user,
-                password,
-                "GET",
-                &uri,
-                &tampered,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(user, password, "GET", &uri, &tampered).render()),
     );
     add(
         "nonce forged (digest computed with it)",
-        header(
-            &Fields::valid(
-                user,
-                password,
-                "GET",
-                &uri,
-                &forged,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(user, password, "GET", &uri, &forged).render()),
     );
     add(
         "nonce too short",
-        header(
-            &Fields::valid(
-                user,
-                password,
-                "GET",
-                &uri,
-                "abc",
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(user, password, "GET", &uri, "abc").render()),
     );
     add(
         "unknown user",
-        header(
-            &Fields::valid(
-                "zzzzzzzz",
-                password,
-                "GET",
-                &uri,
-                &nonce,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5("zzzzzzzz", password, "GET", &uri, &nonce).render()),
     );
     add(
         "wrong password",
         header(
-            &Fields::valid(
+            &md5(
                 user,
                 "00000000-0000-4000-8000-000000000000",
                 "GET",
                 &uri,
                 &nonce,
-                Some("MD5"),
-                1,
-                &cnonce(),
             )
             .render(),
         ),
     );
     add(
         "another key's user name with this key's password",
-        header(
-            &Fields::valid(
-                &other.public,
-                password,
-                "GET",
-                &uri,
-                &nonce,
-                Some("MD5"),
-                1,
-                &cnonce(),
-            )
-            .render(),
-        ),
+        header(&md5(&other.public, password, "GET", &uri, &nonce).render()),
     );
     add(
         "duplicate username",
@@ -1776,91 +1521,63 @@ async fn every_supported_algorithm_and_syntax_variant_is_accepted() {
     let (user, password) = (app.public_key.as_str(), app.private_key.as_str());
     let nonce = fresh_nonce(&app).await;
     let mut nc = 0;
-    let mut next = || {
+    let mut digest = |method: &str, uri: &str, algorithm: Option<&str>| {
         nc += 1;
-        nc
+        Fields::valid(
+            user,
+            password,
+            method,
+            uri,
+            &nonce,
+            algorithm,
+            nc,
+            &cnonce(),
+        )
     };
 
     let mut cases: Vec<(String, String)> = Vec::new();
     for algorithm in ["MD5", "MD5-sess", "SHA-256", "SHA-256-sess"] {
         for (alg_quoted, qop_quoted) in [(false, false), (true, false), (false, true), (true, true)]
         {
-            let fields = Fields::valid(
-                user,
-                password,
-                "GET",
-                &uri,
-                &nonce,
-                Some(algorithm),
-                next(),
-                &cnonce(),
-            )
-            .set("algorithm", algorithm, alg_quoted)
-            .set("qop", "auth", qop_quoted);
+            let fields = digest("GET", &uri, Some(algorithm))
+                .set("algorithm", algorithm, alg_quoted)
+                .set("qop", "auth", qop_quoted);
             cases.push((
                 format!("{algorithm}, algorithm quoted={alg_quoted}, qop quoted={qop_quoted}"),
                 fields.render(),
             ));
         }
-        let fields = Fields::valid(
-            user,
-            password,
-            "GET",
-            &uri,
-            &nonce,
-            Some(algorithm),
-            next(),
-            &cnonce(),
-        );
+        let fields = digest("GET", &uri, Some(algorithm));
         cases.push((
             format!("{algorithm}, no spaces after commas"),
             fields.render_with(","),
         ));
         cases.push((
             format!("{algorithm}, spaces around '=' and ','"),
-            Fields::valid(
-                user,
-                password,
-                "GET",
-                &uri,
-                &nonce,
-                Some(algorithm),
-                next(),
-                &cnonce(),
-            )
-            .render_with(" ,  ")
-            .replace('=', " = "),
+            digest("GET", &uri, Some(algorithm))
+                .render_with(" ,  ")
+                .replace('=', " = "),
         ));
     }
     cases.push((
         "no algorithm (MD5)".to_owned(),
-        Fields::valid(user, password, "GET", &uri, &nonce, None, next(), &cnonce()).render(),
+        digest("GET", &uri, None).render(),
     ));
     cases.push((
         "no algorithm, no spaces".to_owned(),
-        Fields::valid(user, password, "GET", &uri, &nonce, None, next(), &cnonce())
-            .render_with(","),
+        digest("GET", &uri, None).render_with(","),
     ));
     cases.push((
         "an empty opaque and an unknown parameter".to_owned(),
-        Fields::valid(
-            user,
-            password,
-            "GET",
-            &uri,
-            &nonce,
-            Some("MD5"),
-            next(),
-            &cnonce(),
-        )
-        .set("opaque", "", true)
-        .set("charset", "UTF-8", false)
-        .render(),
+        digest("GET", &uri, Some("MD5"))
+            .set("opaque", "", true)
+            .set("charset", "UTF-8", false)
+            .render(),
     ));
     cases.push((
         "curl's parameter order".to_owned(),
         {
-            let f = Fields::valid(user, password, "GET", &uri, &nonce, Some("MD5"), next(), &cnonce());
+            let f = digest("GET", &uri, Some("MD5"));
             format!(
                 "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", cnonce=\"{}\", nc={}, qop=auth, response=\"{}\", algorithm=MD5",
                 f.get("username"), f.get("realm"), f.get("nonce"), f.get("uri"), f.get("cnonce"), f.get("nc"), f.get("response")
@@ -1885,70 +1602,27 @@ async fn every_supported_algorithm_and_syntax_variant_is_accepted() {
 
     // A write with SHA-256-sess: the method and the body's path are covered by the digest.
     let post_uri = app.v1("OPS_GENIE");
-    let fields = Fields::valid(
-        user,
-        password,
-        "POST",
-        &post_uri,
-        &nonce,
-        Some("SHA-256-sess"),
-        next(),
-        &cnonce(),
-    );
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::POST,
-        &post_uri,
-        Some(OPS_GENIE),
-        &[],
-        Some(&fields.render()),
-    )
-    .await;
+    let fields = digest("POST", &post_uri, Some("SHA-256-sess"));
+    let reply = app
+        .send_with_authorization(
+            Method::POST,
+            &post_uri,
+            Some(OPS_GENIE),
+            Some(&fields.render()),
+        )
+        .await;
     expect_status(&reply, 200, "POST with SHA-256-sess");
     // A query string is part of the digest uri.
     let query_uri = format!("{uri}?pageNum=1&itemsPerPage=5");
-    let fields = Fields::valid(
-        user,
-        password,
-        "GET",
-        &query_uri,
-        &nonce,
-        Some("SHA-256"),
-        next(),
-        &cnonce(),
-    );
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &query_uri,
-        None,
-        &[],
-        Some(&fields.render()),
-    )
-    .await;
+    let fields = digest("GET", &query_uri, Some("SHA-256"));
+    let reply = app
+        .send_with_authorization(Method::GET, &query_uri, None, Some(&fields.render()))
+        .await;
     expect_status(&reply, 200, "GET with a query string, SHA-256");
-    let fields = Fields::valid(
-        user,
-        password,
-        "GET",
-        &uri,
-        &nonce,
-        Some("SHA-256"),
-        next(),
-        &cnonce(),
-    );
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &query_uri,
-        None,
-        &[],
-        Some(&fields.render()),
-    )
-    .await;
+    let fields = digest("GET", &uri, Some("SHA-256"));
+    let reply = app
+        .send_with_authorization(Method::GET, &query_uri, None, Some(&fields.render()))
+        .await;
     expect_unauthorized(
         &reply,
         false,
@@ -1960,20 +1634,24 @@ async fn every_supported_algorithm_and_syntax_variant_is_accepted() {
 // 8. The failure throttle
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn failures_are_throttled_but_valid_requests_never_are() {
-    let app = spawn_app_with(Options {
-        auth_failure_limit: 3,
-        auth_cooldown_secs: 2,
+/// A server with `--auth-failure-limit limit --auth-cooldown-secs cooldown_secs`.
+async fn app_with_throttle(limit: u32, cooldown_secs: u64) -> TestApp {
+    spawn_app_with(Options {
+        auth_failure_limit: limit,
+        auth_cooldown_secs: cooldown_secs,
         ..Options::default()
     })
-    .await;
-    let http = app.client.raw();
+    .await
+}
+
+#[tokio::test]
+async fn failures_are_throttled_but_valid_requests_never_are() {
+    let app = app_with_throttle(3, 2).await;
     let uri = app.v1("");
 
     // The unauthenticated first leg does not count.
     for i in 0..8 {
-        let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], None).await;
+        let reply = app.get_with_authorization(&uri, None).await;
         expect_unauthorized(&reply, false, &format!("unauthenticated request {i}"));
     }
     let wrong = app.client_for(&app.public_key, "00000000-0000-4000-8000-000000000000");
@@ -1994,16 +1672,9 @@ async fn failures_are_throttled_but_valid_requests_never_are() {
     );
     let locked_at = Instant::now();
     // Other failing requests from this address are throttled too (malformed, unknown key).
-    let reply = send_raw(
-        http,
-        &app.base,
-        Method::GET,
-        &uri,
-        None,
-        &[],
-        Some("Basic Zm9vOmJhcg=="),
-    )
-    .await;
+    let reply = app
+        .get_with_authorization(&uri, Some("Basic Zm9vOmJhcg=="))
+        .await;
     expect_error(&reply, 429, "RATE_LIMITED", "malformed header while locked");
 
     // Success never pays for it.
@@ -2031,19 +1702,13 @@ async fn failures_are_throttled_but_valid_requests_never_are() {
 
 #[tokio::test]
 async fn malformed_headers_and_unknown_keys_count_as_failures() {
-    let app = spawn_app_with(Options {
-        auth_failure_limit: 3,
-        auth_cooldown_secs: 60,
-        ..Options::default()
-    })
-    .await;
-    let http = app.client.raw();
+    let app = app_with_throttle(3, 60).await;
     let uri = app.v1("");
     for (i, auth) in ["Basic Zm9vOmJhcg==", "Digest", "Digest username=\"x\""]
         .iter()
         .enumerate()
     {
-        let reply = send_raw(http, &app.base, Method::GET, &uri, None, &[], Some(auth)).await;
+        let reply = app.get_with_authorization(&uri, Some(auth)).await;
         expect_unauthorized(&reply, false, &format!("malformed failure {}", i + 1));
     }
     let unknown = app.client_for("zzzzzzzz", &app.private_key);
@@ -2064,27 +1729,15 @@ async fn malformed_headers_and_unknown_keys_count_as_failures() {
 
 #[tokio::test]
 async fn a_failure_limit_of_zero_never_throttles() {
-    let app = spawn_app_with(Options {
-        auth_failure_limit: 0,
-        auth_cooldown_secs: 60,
-        ..Options::default()
-    })
-    .await;
+    let app = app_with_throttle(0, 60).await;
     let wrong = app.client_for(&app.public_key, "00000000-0000-4000-8000-000000000000");
     for i in 0..40 {
         let reply = wrong.get(&app.v1("")).await;
         expect_unauthorized(&reply, false, &format!("failure {i} with the throttle off"));
     }
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &app.v1(""),
-        None,
-        &[],
-        Some("Basic Zm9vOmJhcg=="),
-    )
-    .await;
+    let reply = app
+        .get_with_authorization(&app.v1(""), Some("Basic Zm9vOmJhcg=="))
+        .await;
     expect_unauthorized(&reply, false, "malformed header with the throttle off");
     expect_status(&app.client.get(&app.v1("")).await, 200, "valid request");
 }

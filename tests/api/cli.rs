@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use atlas_integrations::domain::ids::ObjectId;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{binary, path, spawn_app, DigestClient, Reply, TestApp};
@@ -117,6 +116,42 @@ async fn cli(app: &TestApp, args: &[&str]) -> Run {
     }
 }
 
+/// `orgs create --name NAME`, asserted to succeed: the new org's id.
+async fn create_org(app: &TestApp, name: &str) -> String {
+    let created = cli(app, &["orgs", "create", "--name", name]).await.json();
+    created["id"].as_str().expect("org id").to_owned()
+}
+
+/// The arguments of `api-keys create --org ORG --role ROLE`.
+fn key_create<'a>(org: &'a str, role: &'a str) -> Vec<&'a str> {
+    vec!["api-keys", "create", "--org", org, "--role", role]
+}
+
+/// The arguments of `api-keys assign PUBLIC_KEY --project PROJECT --role ROLE`.
+fn key_assign<'a>(public_key: &'a str, project: &'a str, role: &'a str) -> Vec<&'a str> {
+    vec![
+        "api-keys",
+        "assign",
+        public_key,
+        "--project",
+        project,
+        "--role",
+        role,
+    ]
+}
+
+/// [`key_create`], asserted to succeed: what it prints.
+async fn create_key(app: &TestApp, org: &str, role: &str) -> Value {
+    cli(app, &key_create(org, role)).await.json()
+}
+
+/// [`key_assign`], asserted to succeed: what it prints.
+async fn assign(app: &TestApp, public_key: &str, project: &str, role: &str) -> Value {
+    cli(app, &key_assign(public_key, project, role))
+        .await
+        .json()
+}
+
 fn is_object_id(value: &Value) -> bool {
     value
         .as_str()
@@ -145,7 +180,7 @@ async fn poll(
     done: impl Fn(&Reply) -> bool,
 ) -> Reply {
     loop {
-        let reply = client.send(Method::GET, path, None, &[]).await;
+        let reply = client.get_with(path, &[]).await;
         if done(&reply) {
             return reply;
         }
@@ -215,12 +250,7 @@ async fn orgs_refuse_bad_input() {
 #[tokio::test]
 async fn projects_create_list_and_delete_round_trip() {
     let app = spawn_app().await;
-    let other_org = cli(&app, &["orgs", "create", "--name", "other"])
-        .await
-        .json()["id"]
-        .as_str()
-        .expect("org id")
-        .to_owned();
+    let other_org = create_org(&app, "other").await;
 
     let created = cli(
         &app,
@@ -391,12 +421,7 @@ fn find_key<'a>(list: &'a Value, public_key: &str) -> Option<&'a Value> {
 #[tokio::test]
 async fn api_keys_create_assign_access_list_and_delete_round_trip() {
     let app = spawn_app().await;
-    let other_org = cli(&app, &["orgs", "create", "--name", "other"])
-        .await
-        .json()["id"]
-        .as_str()
-        .expect("org id")
-        .to_owned();
+    let other_org = create_org(&app, "other").await;
 
     // create
     let run = cli(
@@ -472,40 +497,14 @@ async fn api_keys_create_assign_access_list_and_delete_round_trip() {
     );
 
     // assign / unassign
-    let assigned = cli(
-        &app,
-        &[
-            "api-keys",
-            "assign",
-            &public,
-            "--project",
-            &app.group,
-            "--role",
-            "GROUP_OWNER",
-        ],
-    )
-    .await
-    .json();
+    let assigned = assign(&app, &public, &app.group, "GROUP_OWNER").await;
     assert_eq!(
         assigned,
         json!({"publicKey": public, "groupId": app.group, "roleName": "GROUP_OWNER"}),
         "assign output"
     );
     // Assigning again replaces the role.
-    cli(
-        &app,
-        &[
-            "api-keys",
-            "assign",
-            &public,
-            "--project",
-            &app.group,
-            "--role",
-            "GROUP_READ_ONLY",
-        ],
-    )
-    .await
-    .json();
+    assign(&app, &public, &app.group, "GROUP_READ_ONLY").await;
     let list = cli(&app, &["api-keys", "list"]).await.json();
     let roles = &find_key(&list, &public).expect("listed")["roles"];
     assert_eq!(
@@ -619,19 +618,7 @@ async fn api_keys_create_assign_access_list_and_delete_round_trip() {
 #[tokio::test]
 async fn api_keys_refuse_bad_input() {
     let app = spawn_app().await;
-    let key = cli(
-        &app,
-        &[
-            "api-keys",
-            "create",
-            "--org",
-            &app.org,
-            "--role",
-            "ORG_READ_ONLY",
-        ],
-    )
-    .await
-    .json();
+    let key = create_key(&app, &app.org, "ORG_READ_ONLY").await;
     let public = key["publicKey"].as_str().expect("publicKey").to_owned();
     let unknown_org = ghost();
     let unknown_project = ghost();
@@ -639,120 +626,24 @@ async fn api_keys_refuse_bad_input() {
 
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // create
-        (
-            vec![
-                "api-keys",
-                "create",
-                "--org",
-                &unknown_org,
-                "--role",
-                "ORG_OWNER",
-            ],
-            vec![&unknown_org],
-        ),
-        (
-            vec![
-                "api-keys",
-                "create",
-                "--org",
-                "12345",
-                "--role",
-                "ORG_OWNER",
-            ],
-            vec!["12345"],
-        ),
-        (
-            vec![
-                "api-keys",
-                "create",
-                "--org",
-                &app.org,
-                "--role",
-                "ORG_ADMIN",
-            ],
-            vec!["--role"],
-        ),
-        (
-            vec![
-                "api-keys",
-                "create",
-                "--org",
-                &app.org,
-                "--role",
-                "GROUP_OWNER",
-            ],
-            vec!["--role"],
-        ),
-        (
-            vec![
-                "api-keys",
-                "create",
-                "--org",
-                &app.org,
-                "--role",
-                "org_owner ",
-            ],
-            vec!["--role"],
-        ),
+        (key_create(&unknown_org, "ORG_OWNER"), vec![&unknown_org]),
+        (key_create("12345", "ORG_OWNER"), vec!["12345"]),
+        (key_create(&app.org, "ORG_ADMIN"), vec!["--role"]),
+        (key_create(&app.org, "GROUP_OWNER"), vec!["--role"]),
+        (key_create(&app.org, "org_owner "), vec!["--role"]),
         // assign / unassign
+        (key_assign(&public, &app.group, "ORG_OWNER"), vec!["--role"]),
         (
-            vec![
-                "api-keys",
-                "assign",
-                &public,
-                "--project",
-                &app.group,
-                "--role",
-                "ORG_OWNER",
-            ],
-            vec!["--role"],
-        ),
-        (
-            vec![
-                "api-keys",
-                "assign",
-                &public,
-                "--project",
-                &unknown_project,
-                "--role",
-                "GROUP_OWNER",
-            ],
+            key_assign(&public, &unknown_project, "GROUP_OWNER"),
             vec![&unknown_project],
         ),
+        (key_assign(&public, "nope", "GROUP_OWNER"), vec!["nope"]),
         (
-            vec![
-                "api-keys",
-                "assign",
-                &public,
-                "--project",
-                "nope",
-                "--role",
-                "GROUP_OWNER",
-            ],
-            vec!["nope"],
-        ),
-        (
-            vec![
-                "api-keys",
-                "assign",
-                "zzzzzzzz",
-                "--project",
-                &app.group,
-                "--role",
-                "GROUP_OWNER",
-            ],
+            key_assign("zzzzzzzz", &app.group, "GROUP_OWNER"),
             vec!["zzzzzzzz"],
         ),
         (
-            vec![
-                "api-keys",
-                "assign",
-                "NOTAKEY1",
-                "--project",
-                &app.group,
-                "--role",
-                "GROUP_OWNER",
-            ],
+            key_assign("NOTAKEY1", &app.group, "GROUP_OWNER"),
             vec!["NOTAKEY1"],
         ),
         (
@@ -886,27 +777,10 @@ async fn missing_arguments_are_refused_with_one_clear_line() {
 #[tokio::test]
 async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server_within_a_second() {
     let app = spawn_app().await;
-    let other_org = cli(&app, &["orgs", "create", "--name", "other"])
-        .await
-        .json()["id"]
-        .as_str()
-        .expect("org id")
-        .to_owned();
+    let other_org = create_org(&app, "other").await;
 
     // Created: usable at once (ORG_OWNER of the first-start org).
-    let key = cli(
-        &app,
-        &[
-            "api-keys",
-            "create",
-            "--org",
-            &app.org,
-            "--role",
-            "ORG_OWNER",
-        ],
-    )
-    .await
-    .json();
+    let key = create_key(&app, &app.org, "ORG_OWNER").await;
     let since = Instant::now();
     let owner = app.client_for(
         key["publicKey"].as_str().expect("publicKey"),
@@ -920,19 +794,7 @@ async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server
     assert_eq!(reply.status, 200, "new owner key writes: {}", reply.text);
 
     // Re-roled: a key of another org gets GROUP_READ_ONLY, then GROUP_OWNER, then nothing.
-    let key = cli(
-        &app,
-        &[
-            "api-keys",
-            "create",
-            "--org",
-            &other_org,
-            "--role",
-            "ORG_READ_ONLY",
-        ],
-    )
-    .await
-    .json();
+    let key = create_key(&app, &other_org, "ORG_READ_ONLY").await;
     let public = key["publicKey"].as_str().expect("publicKey").to_owned();
     let since = Instant::now();
     let client = app.client_for(&public, key["privateKey"].as_str().expect("privateKey"));
@@ -942,20 +804,7 @@ async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server
     .await;
     reply.assert_error(401, "NOT_IN_GROUP", &[]);
 
-    cli(
-        &app,
-        &[
-            "api-keys",
-            "assign",
-            &public,
-            "--project",
-            &app.group,
-            "--role",
-            "GROUP_READ_ONLY",
-        ],
-    )
-    .await
-    .json();
+    assign(&app, &public, &app.group, "GROUP_READ_ONLY").await;
     let since = Instant::now();
     poll(&client, &app.v1(""), since, "GROUP_READ_ONLY", |r| {
         r.status == 200
@@ -964,20 +813,7 @@ async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server
     let reply = client.delete(&app.v1("OPS_GENIE")).await;
     reply.assert_error(403, "ACCESS_FORBIDDEN", &[]);
 
-    cli(
-        &app,
-        &[
-            "api-keys",
-            "assign",
-            &public,
-            "--project",
-            &app.group,
-            "--role",
-            "GROUP_OWNER",
-        ],
-    )
-    .await
-    .json();
+    assign(&app, &public, &app.group, "GROUP_OWNER").await;
     let since = Instant::now();
     loop {
         let reply = client.delete(&app.v1("OPS_GENIE")).await;
@@ -1006,18 +842,14 @@ async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server
     .await;
 
     // Access list: in force within a second, both ways.
-    cli(
-        &app,
-        &[
-            "api-keys",
-            "access-list",
-            "add",
-            &app.public_key,
-            "10.0.0.0/8",
-        ],
-    )
-    .await
-    .json();
+    let args = [
+        "api-keys",
+        "access-list",
+        "add",
+        &app.public_key,
+        "10.0.0.0/8",
+    ];
+    cli(&app, &args).await.json();
     let since = Instant::now();
     let reply = poll(
         &app.client,
@@ -1028,18 +860,14 @@ async fn keys_created_re_roled_and_deleted_with_the_cli_reach_the_running_server
     )
     .await;
     reply.assert_error(403, "IP_ADDRESS_NOT_ON_ACCESS_LIST", &["127.0.0.1"]);
-    cli(
-        &app,
-        &[
-            "api-keys",
-            "access-list",
-            "add",
-            &app.public_key,
-            "127.0.0.1",
-        ],
-    )
-    .await
-    .json();
+    let args = [
+        "api-keys",
+        "access-list",
+        "add",
+        &app.public_key,
+        "127.0.0.1",
+    ];
+    cli(&app, &args).await.json();
     let since = Instant::now();
     poll(
         &app.client,

@@ -571,3 +571,119 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// The body as JSON after asserting a 200 status.
+pub fn ok(reply: &Reply) -> Value {
+    assert_eq!(reply.status.as_u16(), 200, "status; body: {}", reply.text);
+    reply.json()
+}
+
+/// Names the case of a table-driven test while it runs: when the test panics with a `Case`
+/// alive, the case's name is printed after the panic message, in the failed test's output.
+///
+/// ```ignore
+/// for (name, input, expected) in cases {
+///     let _case = Case::new(name);
+///     assert_eq!(run(input), expected);
+/// }
+/// ```
+pub struct Case(String);
+
+impl Case {
+    /// Starts the case `name`.
+    pub fn new(name: impl std::fmt::Display) -> Self {
+        Self(name.to_string())
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("failing case: {}", self.0);
+        }
+    }
+}
+
+/// A fresh nonce, from the challenge that answers an unauthenticated request (asserted to be a
+/// 401).
+pub async fn fresh_nonce(app: &TestApp) -> String {
+    let reply = app.get_with_authorization(&app.v1(""), None).await;
+    assert_eq!(
+        reply.status.as_u16(),
+        401,
+        "challenge; body: {}",
+        reply.text
+    );
+    let challenge = reply
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("no challenge: {} {}", reply.status, reply.text));
+    challenge_param(&challenge, "nonce").expect("nonce in the challenge")
+}
+
+/// An `Authorization` header for one request by the app's owner key, on a nonce of its own.
+pub async fn fresh_authorization(app: &TestApp, method: &str, uri: &str) -> String {
+    let nonce = fresh_nonce(app).await;
+    let cnonce = format!("{:016x}", rand_u64());
+    digest_header(
+        &app.public_key,
+        &app.private_key,
+        method,
+        uri,
+        &nonce,
+        1,
+        &cnonce,
+    )
+}
+
+impl TestApp {
+    /// GET `path` with `authorization` sent as is, or none; a challenge is not answered.
+    pub async fn get_with_authorization(&self, path: &str, authorization: Option<&str>) -> Reply {
+        self.send_with_authorization(Method::GET, path, None, authorization)
+            .await
+    }
+
+    /// Any request with `authorization` sent as is, or none (see [`send_raw`]).
+    pub async fn send_with_authorization(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Reply {
+        let http = self.client.raw();
+        send_raw(http, &self.base, method, path, body, &[], authorization).await
+    }
+
+    /// A request to this server that sets only what the caller adds, but for
+    /// `Accept: application/vnd.atlas.2023-01-01+json` on `/api/atlas/v2/` paths (for headers
+    /// or bodies that [`DigestClient::send`] cannot send: raw bytes, no authentication); send it
+    /// with [`read_reply`].
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .client
+            .raw()
+            .request(method, format!("{}{path}", self.base));
+        if path.starts_with("/api/atlas/v2/") {
+            request.header("accept", V2)
+        } else {
+            request
+        }
+    }
+}
+
+/// Sends `request` and reads the response whole.
+pub async fn read_reply(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request");
+    Reply {
+        status: response.status(),
+        headers: response.headers().clone(),
+        text: response.text().await.expect("body"),
+    }
+}
+
+impl DigestClient {
+    /// GET `path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, None, headers).await
+    }
+}

@@ -3,9 +3,14 @@
 //! precedence (§3, §5), the common query parameters (§6), list order and concurrent creation.
 //!
 //! Every test starts its own server on a fresh database. Expected bodies are written out in
-//! full and compared as JSON values (key order does not matter, everything else does).
+//! full and compared as JSON values (key order does not matter, everything else does). Where
+//! many requests check one rule, they are the rows of a table run by one test, on its server:
+//! refused requests must leave the project as it was (checked after each row), and rows that
+//! need an empty project leave it empty again. A failing row prints its name (`failing case:
+//! ...`) after the assertion message.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -15,8 +20,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    challenge_param, digest_header, send_raw, spawn_app, spawn_app_with, DigestClient, Options,
-    Reply, TestApp, V2,
+    fresh_authorization, ok, path, read_reply, send_raw, spawn_app, spawn_app_with, Case,
+    DigestClient, Options, Reply, TestApp, V2,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -31,12 +36,22 @@ enum Ver {
 }
 
 impl Ver {
-    /// The integrations path of this version (`suffix` empty for the list).
-    fn path(self, app: &TestApp, suffix: &str) -> String {
-        match self {
-            Self::V1 => app.v1(suffix),
-            Self::V2 => app.v2(suffix),
+    /// The integrations path of this version in `group`: `suffix` names a type (empty for the
+    /// list) and may end in `?query`.
+    fn path_in(self, group: &str, suffix: &str) -> String {
+        let version = match self {
+            Self::V1 => "v1.0",
+            Self::V2 => "v2",
+        };
+        match suffix.split_once('?') {
+            Some((kind, query)) => format!("{}?{query}", path(version, group, kind)),
+            None => path(version, group, suffix),
         }
+    }
+
+    /// The integrations path of this version in the app's project.
+    fn path(self, app: &TestApp, suffix: &str) -> String {
+        self.path_in(&app.group, suffix)
     }
 }
 
@@ -50,54 +65,157 @@ fn self_links(app: &TestApp, path: &str) -> Value {
     json!([{"href": href(app, path, 1, 100), "rel": "self"}])
 }
 
-/// The body as JSON after asserting 200.
-fn ok(reply: &Reply) -> Value {
-    assert_eq!(reply.status.as_u16(), 200, "status; body: {}", reply.text);
-    reply.json()
+/// An Atlas error (contract §5), as a table row expects it.
+#[derive(Debug, Clone, Copy)]
+enum AtlasError<'a> {
+    MissingAttribute(&'a str),
+    InvalidAttribute(&'a str),
+    InvalidJsonAttribute(&'a str),
+    InvalidEnumValue(&'a str),
+    MalformedJson,
+    NotConfigured(&'a str),
+    AlreadyConfigured(&'a str),
+    InvalidQueryParameter(&'a str),
+    TooLarge,
+    InvalidVersionDate,
+    InvalidGroupId(&'a str),
+    NotInGroup,
+    ResourceNotFound(&'a str),
+    MethodNotAllowed(&'a str),
+    HipChatNotSupported,
+    FlowdockFlowName,
+    /// `INVALID_INTEGRATION_SETTINGS` with a message the contract fixes: (type, message).
+    Settings(&'a str, &'a str),
+    /// `INVALID_INTEGRATION_SETTINGS` for a rule whose wording the contract leaves open: (type,
+    /// the field its message must start with).
+    SettingsAbout(&'a str, &'a str),
 }
 
-/// The exact Atlas error body of contract §5.
-fn error_body(status: u16, code: &str, parameters: &[&str], detail: &str) -> Value {
-    let reason = StatusCode::from_u16(status)
-        .expect("a status")
-        .canonical_reason()
-        .expect("a reason phrase");
-    json!({
-        "detail": detail,
-        "error": status,
-        "errorCode": code,
-        "parameters": parameters,
-        "reason": reason,
-    })
-}
+impl<'a> AtlasError<'a> {
+    /// The HTTP status and the errorCode.
+    fn code(self) -> (u16, &'static str) {
+        match self {
+            Self::MissingAttribute(_) => (400, "MISSING_ATTRIBUTE"),
+            Self::InvalidAttribute(_) => (400, "INVALID_ATTRIBUTE"),
+            Self::InvalidJsonAttribute(_) => (400, "INVALID_JSON_ATTRIBUTE"),
+            Self::InvalidEnumValue(_) => (400, "INVALID_ENUM_VALUE"),
+            Self::MalformedJson => (400, "MALFORMED_JSON"),
+            Self::NotConfigured(_) => (404, "INTEGRATION_NOT_CONFIGURED"),
+            Self::AlreadyConfigured(_) => (409, "INTEGRATION_ALREADY_CONFIGURED"),
+            Self::InvalidQueryParameter(_) => (400, "INVALID_QUERY_PARAMETER"),
+            Self::TooLarge => (413, "REQUEST_BODY_TOO_LARGE"),
+            Self::InvalidVersionDate => (406, "INVALID_VERSION_DATE"),
+            Self::InvalidGroupId(_) => (404, "INVALID_GROUP_ID"),
+            Self::NotInGroup => (401, "NOT_IN_GROUP"),
+            Self::ResourceNotFound(_) => (404, "RESOURCE_NOT_FOUND"),
+            Self::MethodNotAllowed(_) => (405, "METHOD_NOT_ALLOWED"),
+            Self::HipChatNotSupported => (400, "HIPCHAT_NOT_SUPPORTED"),
+            Self::FlowdockFlowName => (400, "INVALID_FLOWDOCK_FLOW_NAME"),
+            Self::Settings(..) | Self::SettingsAbout(..) => (400, "INVALID_INTEGRATION_SETTINGS"),
+        }
+    }
 
-/// Asserts status, the whole error body, and `Content-Type: application/json`.
-fn assert_atlas_error(reply: &Reply, status: u16, code: &str, parameters: &[&str], detail: &str) {
-    reply.assert_error(status, code, parameters);
-    assert_eq!(
-        reply.json(),
-        error_body(status, code, parameters, detail),
-        "error body"
-    );
-    assert_eq!(
-        reply.header("content-type").as_deref(),
-        Some("application/json"),
-        "errors are application/json; body: {}",
-        reply.text
-    );
-}
+    /// The parameters.
+    fn parameters(self) -> Vec<&'a str> {
+        match self {
+            Self::MissingAttribute(one)
+            | Self::InvalidAttribute(one)
+            | Self::InvalidJsonAttribute(one)
+            | Self::InvalidEnumValue(one)
+            | Self::NotConfigured(one)
+            | Self::AlreadyConfigured(one)
+            | Self::InvalidQueryParameter(one)
+            | Self::InvalidGroupId(one)
+            | Self::ResourceNotFound(one)
+            | Self::MethodNotAllowed(one) => vec![one],
+            Self::TooLarge => vec!["65536"],
+            Self::Settings(kind, message) => vec![kind, message],
+            Self::MalformedJson
+            | Self::InvalidVersionDate
+            | Self::NotInGroup
+            | Self::HipChatNotSupported
+            | Self::FlowdockFlowName => vec![],
+            Self::SettingsAbout(..) => panic!("{self:?}: the contract leaves its wording open"),
+        }
+    }
 
-/// `INVALID_INTEGRATION_SETTINGS` with a message the contract fixes.
-fn assert_settings(reply: &Reply, kind: &str, message: &str) {
-    let detail =
-        format!("The provided settings for the {kind} integration were invalid: {message}.");
-    assert_atlas_error(
-        reply,
-        400,
-        "INVALID_INTEGRATION_SETTINGS",
-        &[kind, message],
-        &detail,
-    );
+    /// The detail, word for word.
+    fn detail(self) -> String {
+        match self {
+            Self::MissingAttribute(field) => {
+                format!("The required attribute {field} was not specified.")
+            }
+            Self::InvalidAttribute(field) => format!("Invalid attribute {field} specified."),
+            Self::InvalidJsonAttribute(field) => {
+                format!("Received JSON for the {field} attribute does not match expected format.")
+            }
+            Self::InvalidEnumValue(value) => {
+                format!("An invalid enumeration value {value} was specified.")
+            }
+            Self::MalformedJson => "Received JSON is malformed.".into(),
+            Self::NotConfigured(kind) => {
+                format!("The integration of type '{kind}' is not configured for this group.")
+            }
+            Self::AlreadyConfigured(kind) => {
+                format!("The integration of type '{kind}' is already configured for this group.")
+            }
+            Self::InvalidQueryParameter(name) => {
+                format!("Invalid query parameter {name} specified.")
+            }
+            Self::TooLarge => "The request body exceeds the limit of 65536 bytes.".into(),
+            Self::InvalidVersionDate => "Invalid accept header or version date.".into(),
+            Self::InvalidGroupId(group) => format!("An invalid group ID {group} was specified."),
+            Self::NotInGroup => {
+                "The current user is not in the group, or the group does not exist.".into()
+            }
+            Self::ResourceNotFound(path) => format!("Cannot find resource {path}."),
+            Self::MethodNotAllowed(method) => {
+                format!("Method {method} is not allowed on this resource.")
+            }
+            Self::HipChatNotSupported => {
+                "HipChat integration is only supported for Ops Manager projects.".into()
+            }
+            Self::FlowdockFlowName => "Flowdock flow name cannot contain spaces.".into(),
+            Self::Settings(kind, message) => {
+                format!("The provided settings for the {kind} integration were invalid: {message}.")
+            }
+            Self::SettingsAbout(..) => panic!("{self:?}: the contract leaves its wording open"),
+        }
+    }
+
+    /// The exact error body.
+    fn body(self) -> Value {
+        let (status, code) = self.code();
+        let reason = StatusCode::from_u16(status)
+            .expect("a status")
+            .canonical_reason()
+            .expect("a reason phrase");
+        json!({
+            "detail": self.detail(),
+            "error": status,
+            "errorCode": code,
+            "parameters": self.parameters(),
+            "reason": reason,
+        })
+    }
+
+    /// Asserts that `reply` is this error: status, the whole body, `Content-Type:
+    /// application/json`.
+    fn assert(self, reply: &Reply) {
+        if let Self::SettingsAbout(kind, field) = self {
+            assert_settings_about(reply, kind, field);
+        } else {
+            let (status, code) = self.code();
+            reply.assert_error(status, code, &self.parameters());
+            assert_eq!(reply.json(), self.body(), "error body");
+        }
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("application/json"),
+            "errors are application/json; body: {}",
+            reply.text
+        );
+    }
 }
 
 /// `INVALID_INTEGRATION_SETTINGS` for a rule whose wording the contract leaves open: the type,
@@ -124,75 +242,96 @@ fn assert_settings_about(reply: &Reply, kind: &str, field: &str) {
     );
 }
 
-fn assert_missing(reply: &Reply, field: &str) {
-    let detail = format!("The required attribute {field} was not specified.");
-    assert_atlas_error(reply, 400, "MISSING_ATTRIBUTE", &[field], &detail);
+/// One request of a table. `{group}` in its path stands for the app's project.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    path: String,
+    body: Option<String>,
+    headers: Vec<(&'static str, &'static str)>,
+    signed: bool,
 }
 
-fn assert_invalid_attribute(reply: &Reply, field: &str) {
-    let detail = format!("Invalid attribute {field} specified.");
-    assert_atlas_error(reply, 400, "INVALID_ATTRIBUTE", &[field], &detail);
+impl Call {
+    fn new(method: Method, path: impl Into<String>, body: Option<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            body,
+            headers: Vec::new(),
+            signed: true,
+        }
+    }
+
+    /// The same request with one more header.
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The same request without credentials.
+    fn anonymous(mut self) -> Self {
+        self.signed = false;
+        self
+    }
+
+    /// The path in the app's project.
+    fn path(&self, app: &TestApp) -> String {
+        self.path.replace("{group}", &app.group)
+    }
+
+    async fn send(&self, app: &TestApp) -> Reply {
+        let path = self.path(app);
+        let body = self.body.as_deref();
+        if self.signed {
+            let method = self.method.clone();
+            app.client.send(method, &path, body, &self.headers).await
+        } else {
+            let (http, method) = (app.client.raw(), self.method.clone());
+            send_raw(http, &app.base, method, &path, body, &self.headers, None).await
+        }
+    }
 }
 
-fn assert_invalid_json_attribute(reply: &Reply, field: &str) {
-    let detail = format!("Received JSON for the {field} attribute does not match expected format.");
-    assert_atlas_error(reply, 400, "INVALID_JSON_ATTRIBUTE", &[field], &detail);
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)?;
+        for (name, value) in &self.headers {
+            write!(f, " [{name}: {value}]")?;
+        }
+        if let Some(body) = &self.body {
+            let preview: String = body.chars().take(100).collect();
+            let more = if preview.len() < body.len() {
+                "..."
+            } else {
+                ""
+            };
+            write!(f, " {preview}{more}")?;
+        }
+        Ok(())
+    }
 }
 
-fn assert_invalid_enum(reply: &Reply, value: &str) {
-    let detail = format!("An invalid enumeration value {value} was specified.");
-    assert_atlas_error(reply, 400, "INVALID_ENUM_VALUE", &[value], &detail);
+/// GET an integrations path of `version` (`suffix`: a type, empty for the list, `?query`).
+fn get(version: Ver, suffix: &str) -> Call {
+    Call::new(Method::GET, version.path_in("{group}", suffix), None)
 }
 
-fn assert_malformed(reply: &Reply) {
-    assert_atlas_error(
-        reply,
-        400,
-        "MALFORMED_JSON",
-        &[],
-        "Received JSON is malformed.",
-    );
+/// DELETE an integrations path.
+fn delete(version: Ver, suffix: &str) -> Call {
+    Call::new(Method::DELETE, version.path_in("{group}", suffix), None)
 }
 
-fn assert_not_configured(reply: &Reply, kind: &str) {
-    let detail = format!("The integration of type '{kind}' is not configured for this group.");
-    assert_atlas_error(reply, 404, "INTEGRATION_NOT_CONFIGURED", &[kind], &detail);
+/// POST `body` (JSON text or a JSON value) to an integrations path.
+fn post(version: Ver, suffix: &str, body: impl ToString) -> Call {
+    let path = version.path_in("{group}", suffix);
+    Call::new(Method::POST, path, Some(body.to_string()))
 }
 
-fn assert_already_configured(reply: &Reply, kind: &str) {
-    let detail = format!("The integration of type '{kind}' is already configured for this group.");
-    assert_atlas_error(
-        reply,
-        409,
-        "INTEGRATION_ALREADY_CONFIGURED",
-        &[kind],
-        &detail,
-    );
-}
-
-fn assert_invalid_query(reply: &Reply, name: &str) {
-    let detail = format!("Invalid query parameter {name} specified.");
-    assert_atlas_error(reply, 400, "INVALID_QUERY_PARAMETER", &[name], &detail);
-}
-
-fn assert_too_large(reply: &Reply) {
-    assert_atlas_error(
-        reply,
-        413,
-        "REQUEST_BODY_TOO_LARGE",
-        &["65536"],
-        "The request body exceeds the limit of 65536 bytes.",
-    );
-}
-
-fn assert_version_date(reply: &Reply) {
-    assert_atlas_error(
-        reply,
-        406,
-        "INVALID_VERSION_DATE",
-        &[],
-        "Invalid accept header or version date.",
-    );
+/// PUT `body` to an integrations path.
+fn put(version: Ver, suffix: &str, body: impl ToString) -> Call {
+    let path = version.path_in("{group}", suffix);
+    Call::new(Method::PUT, path, Some(body.to_string()))
 }
 
 /// Asserts a 24-char lowercase hex ObjectId.
@@ -228,11 +367,16 @@ fn split_id(version: Ver, object: &Value) -> (Value, Option<String>) {
     }
 }
 
-/// The `results` of a list, ids split off.
-fn results_without_ids(version: Ver, list: &Value) -> Vec<Value> {
+/// The `results` of a list.
+fn results(list: &Value) -> &Vec<Value> {
     list["results"]
         .as_array()
         .unwrap_or_else(|| panic!("a list with results: {list}"))
+}
+
+/// The `results` of a list, ids split off.
+fn results_without_ids(version: Ver, list: &Value) -> Vec<Value> {
+    results(list)
         .iter()
         .map(|object| split_id(version, object).0)
         .collect()
@@ -240,9 +384,7 @@ fn results_without_ids(version: Ver, list: &Value) -> Vec<Value> {
 
 /// The `type` of each result, in order.
 fn types(list: &Value) -> Vec<String> {
-    list["results"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a list with results: {list}"))
+    results(list)
         .iter()
         .map(|o| o["type"].as_str().expect("a type").to_owned())
         .collect()
@@ -266,27 +408,30 @@ fn links(list: &Value) -> BTreeMap<String, String> {
     map
 }
 
-fn link_map(entries: &[(&str, String)]) -> BTreeMap<String, String> {
-    entries
-        .iter()
-        .map(|(rel, href)| ((*rel).to_owned(), href.clone()))
-        .collect()
+/// The type a body names.
+fn kind_of(body: &Value) -> &str {
+    body["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a body that names its type: {body}"))
 }
 
-/// POSTs `body` to `/integrations/{kind}` and asserts 200.
-async fn create(app: &TestApp, version: Ver, kind: &str, body: &Value) -> Value {
-    ok(&app
-        .client
-        .post(&version.path(app, kind), &body.to_string())
-        .await)
+/// POSTs `body` to the path of its type and asserts 200; the answer.
+async fn create(app: &TestApp, version: Ver, body: &Value) -> Value {
+    let path = version.path(app, kind_of(body));
+    ok(&app.client.post(&path, &body.to_string()).await)
 }
 
-/// PUTs `body` to `/integrations/{kind}` and asserts 200.
-async fn replace(app: &TestApp, version: Ver, kind: &str, body: &Value) -> Value {
-    ok(&app
-        .client
-        .put(&version.path(app, kind), &body.to_string())
-        .await)
+/// PUTs `body` to the path of its type and asserts 200; the answer.
+async fn replace(app: &TestApp, version: Ver, body: &Value) -> Value {
+    let path = version.path(app, kind_of(body));
+    ok(&app.client.put(&path, &body.to_string()).await)
+}
+
+/// DELETEs one integration and asserts 204 with an empty body.
+async fn remove(app: &TestApp, version: Ver, kind: &str) {
+    let reply = app.client.delete(&version.path(app, kind)).await;
+    assert_eq!(reply.status.as_u16(), 204, "DELETE {kind}: {}", reply.text);
+    assert_eq!(reply.text, "", "DELETE {kind} has no body");
 }
 
 /// GETs one integration and asserts 200.
@@ -299,12 +444,19 @@ async fn get_list(app: &TestApp, version: Ver) -> Value {
     ok(&app.client.get(&version.path(app, "")).await)
 }
 
-/// Both versions' lists: what "the stored data is unchanged" is checked against.
-async fn snapshot(app: &TestApp) -> (Value, Value) {
-    (get_list(app, Ver::V1).await, get_list(app, Ver::V2).await)
+/// What a refused write must leave as it was in the project of [`app_with_datadog`]: both
+/// versions' lists and the stored Datadog configuration (its secret included).
+async fn snapshot(app: &TestApp) -> (Value, Value, String) {
+    let stored = stored_config(app, "DATADOG").await.to_json();
+    let stored = String::from_utf8(stored).expect("stored JSON is UTF-8");
+    (
+        get_list(app, Ver::V1).await,
+        get_list(app, Ver::V2).await,
+        stored,
+    )
 }
 
-async fn assert_unchanged(app: &TestApp, before: &(Value, Value)) {
+async fn assert_unchanged(app: &TestApp, before: &(Value, Value, String)) {
     assert_eq!(
         &snapshot(app).await,
         before,
@@ -313,17 +465,24 @@ async fn assert_unchanged(app: &TestApp, before: &(Value, Value)) {
 }
 
 /// A project with a Datadog integration (v1.0), and the snapshot of it.
-async fn app_with_datadog() -> (TestApp, (Value, Value)) {
+async fn app_with_datadog() -> (TestApp, (Value, Value, String)) {
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU"}),
-    )
-    .await;
+    let datadog = json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU"});
+    create(&app, Ver::V1, &datadog).await;
     let before = snapshot(&app).await;
     (app, before)
+}
+
+/// Sends each request to the project of [`app_with_datadog`] and asserts the error it must be
+/// refused with, and that it changed nothing. A row's name is printed with its request when it
+/// fails.
+async fn assert_refused(cases: &[(&str, Call, AtlasError<'_>)]) {
+    let (app, before) = app_with_datadog().await;
+    for (name, call, error) in cases {
+        let _case = Case::new(format_args!("{name}: {call}"));
+        error.assert(&call.send(&app).await);
+        assert_unchanged(&app, &before).await;
+    }
 }
 
 /// The configuration as stored (decrypted straight from the database), to see secrets that
@@ -342,79 +501,32 @@ async fn stored_config(app: &TestApp, kind: &str) -> Config {
     atlas_integrations::http::integrations::open(&keyring, group, &row).expect("decrypt it")
 }
 
-async fn stored_secret(app: &TestApp, kind: &str, field: &str) -> Option<String> {
-    stored_config(app, kind).await.str(field).map(str::to_owned)
-}
-
-/// An `Authorization` header for one request, on a nonce of its own.
-async fn fresh_authorization(app: &TestApp, method: &str, uri: &str) -> String {
-    let challenge = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        &app.v1(""),
-        None,
-        &[],
-        None,
-    )
-    .await;
+/// Asserts the stored (clear) value of `kind`'s `field`.
+async fn assert_stored(app: &TestApp, kind: &str, field: &str, expected: Option<&str>) {
     assert_eq!(
-        challenge.status.as_u16(),
-        401,
-        "challenge; body: {}",
-        challenge.text
+        stored_config(app, kind).await.str(field),
+        expected,
+        "the stored {kind}.{field}"
     );
-    let header = challenge
-        .header("www-authenticate")
-        .expect("a Digest challenge");
-    let nonce = challenge_param(&header, "nonce").expect("a nonce");
-    let cnonce = format!("{:016x}", rand::random::<u64>());
-    digest_header(
-        &app.public_key,
-        &app.private_key,
-        method,
-        uri,
-        &nonce,
-        1,
-        &cnonce,
-    )
 }
 
-/// Sends raw bytes as a body (for bodies that are not text).
+/// Sends raw bytes as a body (for bodies that are not text), on a nonce of its own.
 async fn send_bytes(app: &TestApp, method: Method, uri: &str, body: Vec<u8>) -> Reply {
     let authorization = fresh_authorization(app, method.as_str(), uri).await;
-    let mut request = app
-        .client
-        .raw()
-        .request(method, format!("{}{uri}", app.base))
+    let request = app
+        .request(method, uri)
         .header("content-type", "application/json")
         .header("authorization", authorization)
         .body(body);
-    if uri.starts_with("/api/atlas/v2/") {
-        request = request.header("accept", V2);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body");
-    Reply {
-        status,
-        headers,
-        text,
-    }
+    read_reply(request).await
 }
 
 /// One HTTP/1.1 request written by hand (so that no header is added for us): the status, the
 /// head in lowercase, and the body.
-async fn raw_http(
-    app: &TestApp,
-    method: &str,
-    uri: &str,
-    extra_headers: &str,
-) -> (u16, String, String) {
+async fn raw_http(app: &TestApp, method: &str, uri: &str) -> (u16, String, String) {
     let authorization = fresh_authorization(app, method, uri).await;
     let request = format!(
-        "{method} {uri} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\n{extra_headers}Connection: close\r\n\r\n",
+        "{method} {uri} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n",
         app.addr
     );
     let addr = app.addr;
@@ -437,6 +549,10 @@ async fn raw_http(
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+// ---------------------------------------------------------------------------------------------
+// §3: each type through the five operations
+// ---------------------------------------------------------------------------------------------
+
 /// What the five operations answer for one type: POST, GET one, GET list, PUT (replace),
 /// DELETE, then GET is 404. Expected objects are without `id`; v2 ids are checked to be
 /// ObjectIds and kept by PUT, and v1.0 objects must have none.
@@ -448,13 +564,13 @@ struct Lifecycle {
     replaced: Value,
 }
 
+/// Runs [`Lifecycle`] in an empty project, which it leaves empty again.
 async fn assert_lifecycle(app: &TestApp, version: Ver, case: &Lifecycle) {
     let one = version.path(app, case.kind);
     let list = version.path(app, "");
     let what = format!("{} {version:?}", case.kind);
 
-    let reply = app.client.post(&one, &case.create.to_string()).await;
-    let body = ok(&reply);
+    let body = ok(&app.client.post(&one, &case.create.to_string()).await);
     assert_eq!(body["links"], self_links(app, &one), "{what}: POST links");
     assert_eq!(body["totalCount"], 1, "{what}: POST totalCount");
     assert_eq!(
@@ -462,9 +578,7 @@ async fn assert_lifecycle(app: &TestApp, version: Ver, case: &Lifecycle) {
         Some(3),
         "{what}: POST list keys: {body}"
     );
-    let results = body["results"].as_array().expect("results");
-    assert_eq!(results.len(), 1, "{what}: POST results: {body}");
-    let (created, id) = split_id(version, &results[0]);
+    let (created, id) = only_result(version, &body, &what);
     assert_eq!(created, case.created, "{what}: POST answer");
 
     let (got, got_id) = split_id(version, &get_one(app, version, case.kind).await);
@@ -487,9 +601,7 @@ async fn assert_lifecycle(app: &TestApp, version: Ver, case: &Lifecycle) {
     let body = ok(&app.client.put(&one, &case.replace.to_string()).await);
     assert_eq!(body["links"], self_links(app, &one), "{what}: PUT links");
     assert_eq!(body["totalCount"], 1, "{what}: PUT totalCount");
-    let results = body["results"].as_array().expect("results");
-    assert_eq!(results.len(), 1, "{what}: PUT results: {body}");
-    let (replaced, put_id) = split_id(version, &results[0]);
+    let (replaced, put_id) = only_result(version, &body, &what);
     assert_eq!(replaced, case.replaced, "{what}: PUT answer");
     assert_eq!(put_id, id, "{what}: PUT keeps the id");
 
@@ -497,334 +609,383 @@ async fn assert_lifecycle(app: &TestApp, version: Ver, case: &Lifecycle) {
     assert_eq!(got, case.replaced, "{what}: GET one after PUT");
     assert_eq!(got_id, id, "{what}: GET one id after PUT");
 
-    let reply = app.client.delete(&one).await;
-    assert_eq!(
-        reply.status.as_u16(),
-        204,
-        "{what}: DELETE; body: {}",
-        reply.text
-    );
-    assert_eq!(reply.text, "", "{what}: DELETE has no body");
-
-    assert_not_configured(&app.client.get(&one).await, case.kind);
+    remove(app, version, case.kind).await;
+    AtlasError::NotConfigured(case.kind).assert(&app.client.get(&one).await);
     let body = get_list(app, version).await;
     assert_eq!(body["results"], json!([]), "{what}: list after DELETE");
     assert_eq!(body["totalCount"], 0, "{what}: totalCount after DELETE");
 }
 
+/// The one result of a list answer, its id split off.
+fn only_result(version: Ver, list: &Value, what: &str) -> (Value, Option<String>) {
+    let results = results(list);
+    assert_eq!(results.len(), 1, "{what}: one result: {list}");
+    split_id(version, &results[0])
+}
+
+#[tokio::test]
+async fn every_type_is_created_read_replaced_and_deleted_in_each_of_its_versions() {
+    use Ver::{V1, V2};
+    // Arrange
+    let app = spawn_app().await;
+    let both: &[Ver] = &[V1, V2];
+    let cases = [
+        (
+            "pager_duty_with_its_service_key_masked",
+            both,
+            Lifecycle {
+                kind: "PAGER_DUTY",
+                create: json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": "EU"}),
+                created: json!({"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "EU"}),
+                replace: json!({"type": "PAGER_DUTY", "serviceKey": "9876543210"}),
+                replaced: json!({"type": "PAGER_DUTY", "serviceKey": "******3210", "region": "US"}),
+            },
+        ),
+        (
+            "slack_in_v1_with_an_empty_channel_name_when_unset",
+            &[V1],
+            Lifecycle {
+                kind: "SLACK",
+                create: json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "My Team", "channelName": "My Channel"}),
+                created: json!({"type": "SLACK", "apiToken": "******2345", "teamName": "My Team", "channelName": "My Channel"}),
+                replace: json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "Other Team"}),
+                replaced: json!({"type": "SLACK", "apiToken": "******7890", "teamName": "Other Team", "channelName": ""}),
+            },
+        ),
+        (
+            "slack_in_v2_with_team_name_absent_when_unset",
+            &[V2],
+            Lifecycle {
+                kind: "SLACK",
+                create: json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "alerts"}),
+                created: json!({"type": "SLACK", "apiToken": "******2345", "channelName": "alerts"}),
+                replace: json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "Ops", "channelName": "ops"}),
+                replaced: json!({"type": "SLACK", "apiToken": "******7890", "teamName": "Ops", "channelName": "ops"}),
+            },
+        ),
+        (
+            "datadog_in_v1_showing_only_true_metric_switches",
+            &[V1],
+            Lifecycle {
+                kind: "DATADOG",
+                create: json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU", "sendDatabaseMetrics": true}),
+                created: json!({"type": "DATADOG", "apiKey": "******0123", "region": "EU", "sendDatabaseMetrics": true}),
+                replace: json!({"type": "DATADOG", "apiKey": "fedcba9876"}),
+                replaced: json!({"type": "DATADOG", "apiKey": "******9876", "region": "US"}),
+            },
+        ),
+        (
+            "datadog_in_v2_showing_all_four_metric_switches",
+            &[V2],
+            Lifecycle {
+                kind: "DATADOG",
+                create: json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU", "sendDatabaseMetrics": true}),
+                created: json!({
+                    "type": "DATADOG", "apiKey": "******0123", "region": "EU",
+                    "sendCollectionLatencyMetrics": false, "sendDatabaseMetrics": true,
+                    "sendQueryStatsMetrics": false, "sendUserProvidedResourceTags": false,
+                }),
+                replace: json!({"type": "DATADOG", "apiKey": "fedcba9876", "region": "AP1", "sendQueryStatsMetrics": true}),
+                replaced: json!({
+                    "type": "DATADOG", "apiKey": "******9876", "region": "AP1",
+                    "sendCollectionLatencyMetrics": false, "sendDatabaseMetrics": false,
+                    "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": false,
+                }),
+            },
+        ),
+        (
+            "new_relic_with_its_keys_in_clear",
+            both,
+            Lifecycle {
+                kind: "NEW_RELIC",
+                create: json!({"type": "NEW_RELIC", "licenseKey": "license-0001", "accountId": "123456", "writeToken": "write-0001", "readToken": "read-0001"}),
+                created: json!({"type": "NEW_RELIC", "licenseKey": "license-0001", "accountId": "123456", "writeToken": "write-0001", "readToken": "read-0001"}),
+                replace: json!({"type": "NEW_RELIC", "licenseKey": "license-0002", "accountId": "654321", "writeToken": "write-0002", "readToken": "read-0002"}),
+                replaced: json!({"type": "NEW_RELIC", "licenseKey": "license-0002", "accountId": "654321", "writeToken": "write-0002", "readToken": "read-0002"}),
+            },
+        ),
+        (
+            "ops_genie_with_its_key_masked_and_region_defaulted",
+            both,
+            Lifecycle {
+                kind: "OPS_GENIE",
+                create: json!({"type": "OPS_GENIE", "apiKey": "opsgen4321", "region": "EU"}),
+                created: json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "EU"}),
+                replace: json!({"type": "OPS_GENIE", "apiKey": "opsgen8765"}),
+                replaced: json!({"type": "OPS_GENIE", "apiKey": "******8765", "region": "US"}),
+            },
+        ),
+        (
+            "victor_ops_with_routing_key_absent_when_unset",
+            both,
+            Lifecycle {
+                kind: "VICTOR_OPS",
+                create: json!({"type": "VICTOR_OPS", "apiKey": "victor8765", "routingKey": "critical"}),
+                created: json!({"type": "VICTOR_OPS", "apiKey": "******8765", "routingKey": "critical"}),
+                replace: json!({"type": "VICTOR_OPS", "apiKey": "victor1111"}),
+                replaced: json!({"type": "VICTOR_OPS", "apiKey": "******1111"}),
+            },
+        ),
+        (
+            "flowdock_in_v1_with_its_api_token_in_clear",
+            &[V1],
+            Lifecycle {
+                kind: "FLOWDOCK",
+                create: json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"}),
+                created: json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"}),
+                replace: json!({"type": "FLOWDOCK", "flowName": "newFlowName", "apiToken": "0987654321", "orgName": "newOrgName"}),
+                replaced: json!({"type": "FLOWDOCK", "flowName": "newFlowName", "apiToken": "0987654321", "orgName": "newOrgName"}),
+            },
+        ),
+        (
+            "webhook_with_url_partially_and_secret_fully_masked",
+            both,
+            Lifecycle {
+                kind: "WEBHOOK",
+                create: json!({"type": "WEBHOOK", "url": "https://hooks.example.com/services/T000/B000/XXXX?x=1", "secret": "hook-secret-1"}),
+                created: json!({"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"}),
+                replace: json!({"type": "WEBHOOK", "url": "http://alerts.example.org:8080/in"}),
+                replaced: json!({"type": "WEBHOOK", "url": "http://alerts.example.org:8080/****"}),
+            },
+        ),
+        (
+            "microsoft_teams_with_its_url_partially_masked",
+            both,
+            Lifecycle {
+                kind: "MICROSOFT_TEAMS",
+                create: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://contoso.webhook.office.com/webhookb2/abc/IncomingWebhook/123/456"}),
+                created: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://contoso.webhook.office.com/****"}),
+                replace: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com:8443/webhook/xyz"}),
+                replaced: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com:8443/****"}),
+            },
+        ),
+        (
+            "prometheus_without_ever_returning_the_password",
+            both,
+            Lifecycle {
+                kind: "PROMETHEUS",
+                create: json!({"type": "PROMETHEUS", "username": "prom_user", "password": "prom-pass-1", "serviceDiscovery": "http", "enabled": true}),
+                created: json!({
+                    "type": "PROMETHEUS", "username": "prom_user", "serviceDiscovery": "http", "enabled": true,
+                    "sendUserProvidedResourceTagsEnabled": false, "scheme": "https",
+                }),
+                replace: json!({"type": "PROMETHEUS", "username": "prom_user2", "serviceDiscovery": "file", "enabled": false, "sendUserProvidedResourceTagsEnabled": true}),
+                replaced: json!({
+                    "type": "PROMETHEUS", "username": "prom_user2", "serviceDiscovery": "file", "enabled": false,
+                    "sendUserProvidedResourceTagsEnabled": true, "scheme": "https",
+                }),
+            },
+        ),
+    ];
+
+    for (name, versions, case) in &cases {
+        for version in *versions {
+            // Act and assert
+            let _case = Case::new(format_args!("{name} in {version:?}"));
+            assert_lifecycle(&app, *version, case).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// §3: each type through the five operations
+// §3: the rules of each type
 // ---------------------------------------------------------------------------------------------
 
+/// A Datadog object as v1.0 shows it, as v2 shows it: with the metric switches v1.0 leaves out
+/// because they are false.
+fn with_switches_off(v1: Value) -> Value {
+    let mut v2 = v1;
+    for switch in [
+        "sendCollectionLatencyMetrics",
+        "sendDatabaseMetrics",
+        "sendQueryStatsMetrics",
+        "sendUserProvidedResourceTags",
+    ] {
+        if v2.get(switch).is_none() {
+            v2[switch] = json!(false);
+        }
+    }
+    v2
+}
+
 #[tokio::test]
-async fn pager_duty_is_created_read_replaced_and_deleted_with_its_service_key_masked() {
-    // Arrange
+async fn accepted_bodies_are_answered_and_shown_in_both_versions_as_the_contract_says() {
+    use Ver::{V1, V2};
+    // Arrange: (name, version, body POSTed to the path of the type shown, what v1.0 shows,
+    // what v2 shows without its id when that differs).
     let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "PAGER_DUTY",
-        create: json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": "EU"}),
-        created: json!({"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "EU"}),
-        replace: json!({"type": "PAGER_DUTY", "serviceKey": "9876543210"}),
-        replaced: json!({"type": "PAGER_DUTY", "serviceKey": "******3210", "region": "US"}),
-    };
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "US"});
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"});
+    let datadog = json!({"type": "DATADOG", "apiKey": "******0123", "region": "US"});
+    let slack_v1 = json!({"type": "SLACK", "apiToken": "******2345", "teamName": "My Team", "channelName": ""});
+    let channel_80 = "é".repeat(80);
+    let cases: Vec<(&str, Ver, Value, Value, Option<Value>)> = vec![
+        (
+            "optional_regions_default_to_us_and_are_echoed: PAGER_DUTY",
+            V1,
+            json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
+            pager_duty.clone(),
+            None,
+        ),
+        (
+            "optional_regions_default_to_us_and_are_echoed: OPS_GENIE",
+            V2,
+            json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
+            ops_genie.clone(),
+            None,
+        ),
+        (
+            "optional_regions_default_to_us_and_are_echoed: DATADOG; \
+             datadog_created_in_v1_without_switches_shows_all_four_false_in_v2",
+            V1,
+            json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
+            datadog.clone(),
+            Some(with_switches_off(datadog.clone())),
+        ),
+        (
+            "an_explicit_null_region_takes_the_default",
+            V1,
+            json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": null}),
+            pager_duty,
+            None,
+        ),
+        (
+            "datadog_in_v1_returns_every_metric_switch_that_is_true_and_none_that_is_false",
+            V1,
+            json!({
+                "type": "DATADOG", "apiKey": "abcdef0123",
+                "sendCollectionLatencyMetrics": true, "sendDatabaseMetrics": false,
+                "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": true,
+            }),
+            json!({
+                "type": "DATADOG", "apiKey": "******0123", "region": "US",
+                "sendCollectionLatencyMetrics": true, "sendQueryStatsMetrics": true,
+                "sendUserProvidedResourceTags": true,
+            }),
+            Some(json!({
+                "type": "DATADOG", "apiKey": "******0123", "region": "US",
+                "sendCollectionLatencyMetrics": true, "sendDatabaseMetrics": false,
+                "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": true,
+            })),
+        ),
+        (
+            "datadog_switches_sent_false_in_v1_are_accepted_and_not_shown",
+            V1,
+            json!({"type": "DATADOG", "apiKey": "abcdef0123", "sendQueryStatsMetrics": false}),
+            datadog.clone(),
+            Some(with_switches_off(datadog)),
+        ),
+        (
+            "datadog_api_key_accepts_upper_and_lower_case_hexadecimal",
+            V1,
+            json!({"type": "DATADOG", "apiKey": "ABCDEFabcdef0189"}),
+            json!({"type": "DATADOG", "apiKey": "************0189", "region": "US"}),
+            Some(with_switches_off(
+                json!({"type": "DATADOG", "apiKey": "************0189", "region": "US"}),
+            )),
+        ),
+        (
+            "slack_channel_name_is_optional_in_v1_and_shown_as_an_empty_string",
+            V1,
+            json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "My Team"}),
+            slack_v1,
+            None,
+        ),
+        (
+            "slack_team_name_is_optional_in_v2_and_absent_when_never_set",
+            V2,
+            json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "alerts"}),
+            json!({"type": "SLACK", "apiToken": "******2345", "channelName": "alerts"}),
+            None,
+        ),
+        (
+            "slack_channel_name_may_have_80_characters",
+            V2,
+            json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": channel_80}),
+            json!({"type": "SLACK", "apiToken": "******2345", "channelName": channel_80}),
+            None,
+        ),
+        (
+            "victor_ops_routing_key_is_returned_in_clear_when_set",
+            V2,
+            json!({"type": "VICTOR_OPS", "apiKey": "victor8765", "routingKey": "routing-key-1"}),
+            json!({"type": "VICTOR_OPS", "apiKey": "******8765", "routingKey": "routing-key-1"}),
+            None,
+        ),
+        (
+            "webhook_url_may_be_http",
+            V1,
+            json!({"type": "WEBHOOK", "url": "http://hooks.example.com/plain"}),
+            json!({"type": "WEBHOOK", "url": "http://hooks.example.com/****"}),
+            None,
+        ),
+        (
+            "prometheus_scheme_is_read_only_accepted_and_ignored",
+            V1,
+            json!({"type": "PROMETHEUS", "username": "u", "password": "p", "serviceDiscovery": "file", "enabled": true, "scheme": "http"}),
+            json!({
+                "type": "PROMETHEUS", "username": "u", "serviceDiscovery": "file", "enabled": true,
+                "sendUserProvidedResourceTagsEnabled": false, "scheme": "https",
+            }),
+            None,
+        ),
+        (
+            "a_null_optional_field_counts_as_absent",
+            V1,
+            json!({"type": "WEBHOOK", "url": "https://h.example.com/x", "secret": null}),
+            json!({"type": "WEBHOOK", "url": "https://h.example.com/****"}),
+            None,
+        ),
+        (
+            "a_null_type_counts_as_absent",
+            V1,
+            json!({"type": null, "apiKey": "opsgen4321"}),
+            ops_genie.clone(),
+            None,
+        ),
+        (
+            "a_body_without_type_takes_the_path_type: v1.0",
+            V1,
+            json!({"apiKey": "opsgen4321"}),
+            ops_genie,
+            None,
+        ),
+        (
+            "a_body_without_type_takes_the_path_type: v2",
+            V2,
+            json!({"apiKey": "victor8765"}),
+            json!({"type": "VICTOR_OPS", "apiKey": "******8765"}),
+            None,
+        ),
+        (
+            "a_string_of_4096_bytes_is_accepted",
+            V1,
+            json!({"type": "OPS_GENIE", "apiKey": "k".repeat(4096)}),
+            json!({"type": "OPS_GENIE", "apiKey": format!("{}kkkk", "*".repeat(4092)), "region": "US"}),
+            None,
+        ),
+    ];
 
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
+    for (name, version, body, v1, v2) in &cases {
+        let _case = Case::new(name);
+        let kind = kind_of(v1);
+        let shown = |version| match (version, v2) {
+            (V2, Some(v2)) => v2.clone(),
+            _ => v1.clone(),
+        };
 
-#[tokio::test]
-async fn slack_in_v1_is_created_read_replaced_and_deleted_with_an_empty_channel_name_when_unset() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "SLACK",
-        create: json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "My Team", "channelName": "My Channel"}),
-        created: json!({"type": "SLACK", "apiToken": "******2345", "teamName": "My Team", "channelName": "My Channel"}),
-        replace: json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "Other Team"}),
-        replaced: json!({"type": "SLACK", "apiToken": "******7890", "teamName": "Other Team", "channelName": ""}),
-    };
+        // Act
+        let path = version.path(&app, kind);
+        let answer = ok(&app.client.post(&path, &body.to_string()).await);
 
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-}
-
-#[tokio::test]
-async fn slack_in_v2_is_created_read_replaced_and_deleted_with_team_name_absent_when_unset() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "SLACK",
-        create: json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "alerts"}),
-        created: json!({"type": "SLACK", "apiToken": "******2345", "channelName": "alerts"}),
-        replace: json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "Ops", "channelName": "ops"}),
-        replaced: json!({"type": "SLACK", "apiToken": "******7890", "teamName": "Ops", "channelName": "ops"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn datadog_in_v1_is_created_read_replaced_and_deleted_showing_only_true_metric_switches() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "DATADOG",
-        create: json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU", "sendDatabaseMetrics": true}),
-        created: json!({"type": "DATADOG", "apiKey": "******0123", "region": "EU", "sendDatabaseMetrics": true}),
-        replace: json!({"type": "DATADOG", "apiKey": "fedcba9876"}),
-        replaced: json!({"type": "DATADOG", "apiKey": "******9876", "region": "US"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-}
-
-#[tokio::test]
-async fn datadog_in_v2_is_created_read_replaced_and_deleted_showing_all_four_metric_switches() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "DATADOG",
-        create: json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU", "sendDatabaseMetrics": true}),
-        created: json!({
-            "type": "DATADOG", "apiKey": "******0123", "region": "EU",
-            "sendCollectionLatencyMetrics": false, "sendDatabaseMetrics": true,
-            "sendQueryStatsMetrics": false, "sendUserProvidedResourceTags": false,
-        }),
-        replace: json!({"type": "DATADOG", "apiKey": "fedcba9876", "region": "AP1", "sendQueryStatsMetrics": true}),
-        replaced: json!({
-            "type": "DATADOG", "apiKey": "******9876", "region": "AP1",
-            "sendCollectionLatencyMetrics": false, "sendDatabaseMetrics": false,
-            "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": false,
-        }),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn new_relic_is_created_read_replaced_and_deleted_with_its_keys_in_clear() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "NEW_RELIC",
-        create: json!({"type": "NEW_RELIC", "licenseKey": "license-0001", "accountId": "123456", "writeToken": "write-0001", "readToken": "read-0001"}),
-        created: json!({"type": "NEW_RELIC", "licenseKey": "license-0001", "accountId": "123456", "writeToken": "write-0001", "readToken": "read-0001"}),
-        replace: json!({"type": "NEW_RELIC", "licenseKey": "license-0002", "accountId": "654321", "writeToken": "write-0002", "readToken": "read-0002"}),
-        replaced: json!({"type": "NEW_RELIC", "licenseKey": "license-0002", "accountId": "654321", "writeToken": "write-0002", "readToken": "read-0002"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn ops_genie_is_created_read_replaced_and_deleted_with_its_key_masked_and_region_defaulted() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "OPS_GENIE",
-        create: json!({"type": "OPS_GENIE", "apiKey": "opsgen4321", "region": "EU"}),
-        created: json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "EU"}),
-        replace: json!({"type": "OPS_GENIE", "apiKey": "opsgen8765"}),
-        replaced: json!({"type": "OPS_GENIE", "apiKey": "******8765", "region": "US"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn victor_ops_is_created_read_replaced_and_deleted_with_routing_key_absent_when_unset() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "VICTOR_OPS",
-        create: json!({"type": "VICTOR_OPS", "apiKey": "victor8765", "routingKey": "critical"}),
-        created: json!({"type": "VICTOR_OPS", "apiKey": "******8765", "routingKey": "critical"}),
-        replace: json!({"type": "VICTOR_OPS", "apiKey": "victor1111"}),
-        replaced: json!({"type": "VICTOR_OPS", "apiKey": "******1111"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn flowdock_in_v1_is_created_read_replaced_and_deleted_with_its_api_token_in_clear() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "FLOWDOCK",
-        create: json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"}),
-        created: json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"}),
-        replace: json!({"type": "FLOWDOCK", "flowName": "newFlowName", "apiToken": "0987654321", "orgName": "newOrgName"}),
-        replaced: json!({"type": "FLOWDOCK", "flowName": "newFlowName", "apiToken": "0987654321", "orgName": "newOrgName"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-}
-
-#[tokio::test]
-async fn webhook_is_created_read_replaced_and_deleted_with_url_partially_and_secret_fully_masked() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "WEBHOOK",
-        create: json!({"type": "WEBHOOK", "url": "https://hooks.example.com/services/T000/B000/XXXX?x=1", "secret": "hook-secret-1"}),
-        created: json!({"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"}),
-        replace: json!({"type": "WEBHOOK", "url": "http://alerts.example.org:8080/in"}),
-        replaced: json!({"type": "WEBHOOK", "url": "http://alerts.example.org:8080/****"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn microsoft_teams_is_created_read_replaced_and_deleted_with_its_url_partially_masked() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "MICROSOFT_TEAMS",
-        create: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://contoso.webhook.office.com/webhookb2/abc/IncomingWebhook/123/456"}),
-        created: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://contoso.webhook.office.com/****"}),
-        replace: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com:8443/webhook/xyz"}),
-        replaced: json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com:8443/****"}),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn prometheus_is_created_read_replaced_and_deleted_without_ever_returning_the_password() {
-    // Arrange
-    let app = spawn_app().await;
-    let case = Lifecycle {
-        kind: "PROMETHEUS",
-        create: json!({"type": "PROMETHEUS", "username": "prom_user", "password": "prom-pass-1", "serviceDiscovery": "http", "enabled": true}),
-        created: json!({
-            "type": "PROMETHEUS", "username": "prom_user", "serviceDiscovery": "http", "enabled": true,
-            "sendUserProvidedResourceTagsEnabled": false, "scheme": "https",
-        }),
-        replace: json!({"type": "PROMETHEUS", "username": "prom_user2", "serviceDiscovery": "file", "enabled": false, "sendUserProvidedResourceTagsEnabled": true}),
-        replaced: json!({
-            "type": "PROMETHEUS", "username": "prom_user2", "serviceDiscovery": "file", "enabled": false,
-            "sendUserProvidedResourceTagsEnabled": true, "scheme": "https",
-        }),
-    };
-
-    // Act and assert
-    assert_lifecycle(&app, Ver::V1, &case).await;
-    assert_lifecycle(&app, Ver::V2, &case).await;
-}
-
-#[tokio::test]
-async fn optional_regions_default_to_us_and_are_echoed() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-    let list = create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([
-            {"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "US"},
-            {"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"},
-            {"type": "DATADOG", "apiKey": "******0123", "region": "US"},
-        ])
-    );
-}
-
-#[tokio::test]
-async fn an_explicit_null_region_takes_the_default() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": null}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "US"}])
-    );
-}
-
-#[tokio::test]
-async fn pager_duty_region_must_be_us_or_eu() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("PAGER_DUTY"),
-            r#"{"type":"PAGER_DUTY","serviceKey":"0123456789","region":"US3"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "US3");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn ops_genie_region_must_be_us_or_eu() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v2("OPS_GENIE"),
-            r#"{"type":"OPS_GENIE","apiKey":"opsgen4321","region":"AP1"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "AP1");
-    assert_unchanged(&app, &before).await;
+        // Assert
+        let answered = results_without_ids(*version, &answer);
+        assert_eq!(answered, vec![shown(*version)], "the POST answer");
+        assert_eq!(get_one(&app, V1, kind).await, *v1, "GET in v1.0");
+        let (got, _) = split_id(V2, &get_one(&app, V2, kind).await);
+        assert_eq!(got, shown(V2), "GET in v2");
+        remove(&app, *version, kind).await;
+    }
 }
 
 #[tokio::test]
@@ -835,7 +996,7 @@ async fn datadog_accepts_every_documented_region() {
     for region in ["US", "US3", "US5", "EU", "AP1", "AP2", "US1_FED"] {
         // Act
         let body = json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": region});
-        replace(&app, Ver::V1, "DATADOG", &body).await;
+        replace(&app, Ver::V1, &body).await;
 
         // Assert
         assert_eq!(
@@ -846,240 +1007,16 @@ async fn datadog_accepts_every_documented_region() {
 }
 
 #[tokio::test]
-async fn datadog_region_outside_the_list_is_an_invalid_enum_value() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef0123","region":"XX"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "XX");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn datadog_in_v1_returns_every_metric_switch_that_is_true_and_none_that_is_false() {
-    // Arrange
-    let app = spawn_app().await;
-    let body = json!({
-        "type": "DATADOG", "apiKey": "abcdef0123",
-        "sendCollectionLatencyMetrics": true, "sendDatabaseMetrics": false,
-        "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": true,
-    });
-
-    // Act
-    create(&app, Ver::V1, "DATADOG", &body).await;
-
-    // Assert
-    assert_eq!(
-        get_one(&app, Ver::V1, "DATADOG").await,
-        json!({
-            "type": "DATADOG", "apiKey": "******0123", "region": "US",
-            "sendCollectionLatencyMetrics": true, "sendQueryStatsMetrics": true,
-            "sendUserProvidedResourceTags": true,
-        })
-    );
-    let (v2, _) = split_id(Ver::V2, &get_one(&app, Ver::V2, "DATADOG").await);
-    assert_eq!(
-        v2,
-        json!({
-            "type": "DATADOG", "apiKey": "******0123", "region": "US",
-            "sendCollectionLatencyMetrics": true, "sendDatabaseMetrics": false,
-            "sendQueryStatsMetrics": true, "sendUserProvidedResourceTags": true,
-        })
-    );
-}
-
-#[tokio::test]
-async fn datadog_created_in_v1_without_switches_shows_all_four_false_in_v2() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
-    )
-    .await;
-
-    // Act
-    let (v2, _) = split_id(Ver::V2, &get_one(&app, Ver::V2, "DATADOG").await);
-
-    // Assert
-    assert_eq!(
-        v2,
-        json!({
-            "type": "DATADOG", "apiKey": "******0123", "region": "US",
-            "sendCollectionLatencyMetrics": false, "sendDatabaseMetrics": false,
-            "sendQueryStatsMetrics": false, "sendUserProvidedResourceTags": false,
-        })
-    );
-}
-
-#[tokio::test]
-async fn datadog_api_key_must_be_hexadecimal() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"not-hex-key"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_settings(&reply, "DATADOG", "apiKey must be a hexadecimal string");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn datadog_api_key_accepts_upper_and_lower_case_hexadecimal() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "ABCDEFabcdef0189"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(list["results"][0]["apiKey"], "************0189");
-}
-
-#[tokio::test]
-async fn datadog_metric_switches_must_be_json_booleans() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v2("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef0123","sendDatabaseMetrics":"true"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&reply, "sendDatabaseMetrics");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn slack_team_name_is_required_in_v1() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("SLACK"),
-            r#"{"type":"SLACK","apiToken":"xoxb-12345","channelName":"alerts"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "teamName");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn slack_channel_name_is_required_in_v2() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v2("SLACK"),
-            r#"{"type":"SLACK","apiToken":"xoxb-12345","teamName":"My Team"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "channelName");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn slack_channel_name_is_optional_in_v1_and_shown_as_an_empty_string() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "My Team"}),
-    )
-    .await;
-
-    // Assert
-    let expected = json!({"type": "SLACK", "apiToken": "******2345", "teamName": "My Team", "channelName": ""});
-    assert_eq!(list["results"], json!([expected]));
-    assert_eq!(get_one(&app, Ver::V1, "SLACK").await, expected);
-    let (v2, _) = split_id(Ver::V2, &get_one(&app, Ver::V2, "SLACK").await);
-    assert_eq!(v2, expected);
-}
-
-#[tokio::test]
-async fn slack_team_name_is_optional_in_v2_and_absent_when_never_set() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    create(
-        &app,
-        Ver::V2,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "alerts"}),
-    )
-    .await;
-
-    // Assert
-    let expected = json!({"type": "SLACK", "apiToken": "******2345", "channelName": "alerts"});
-    assert_eq!(get_one(&app, Ver::V1, "SLACK").await, expected);
-    let (v2, _) = split_id(Ver::V2, &get_one(&app, Ver::V2, "SLACK").await);
-    assert_eq!(v2, expected);
-}
-
-#[tokio::test]
 async fn slack_put_in_v2_without_team_name_clears_it() {
     // Arrange
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V2,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "T", "channelName": "a"}),
-    )
-    .await;
+    let first =
+        json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "T", "channelName": "a"});
+    create(&app, Ver::V2, &first).await;
 
     // Act
-    let list = replace(
-        &app,
-        Ver::V2,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "b"}),
-    )
-    .await;
+    let second = json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": "b"});
+    let list = replace(&app, Ver::V2, &second).await;
 
     // Assert
     assert_eq!(
@@ -1089,305 +1026,208 @@ async fn slack_put_in_v2_without_team_name_clears_it() {
 }
 
 #[tokio::test]
-async fn slack_channel_name_may_have_80_characters() {
-    // Arrange
-    let app = spawn_app().await;
-    let name = "é".repeat(80);
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V2,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-12345", "channelName": name}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(list["results"][0]["channelName"], name.as_str());
-}
-
-#[tokio::test]
-async fn slack_channel_name_over_80_characters_is_refused() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let body = json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "T", "channelName": "c".repeat(81)});
-
-    // Act
-    let v1 = app.client.post(&app.v1("SLACK"), &body.to_string()).await;
-    let v2 = app.client.post(&app.v2("SLACK"), &body.to_string()).await;
-
-    // Assert
-    assert_settings_about(&v1, "SLACK", "channelName");
-    assert_settings_about(&v2, "SLACK", "channelName");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn slack_empty_channel_name_is_refused_in_v2_where_it_is_required() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v2("SLACK"),
-            r#"{"type":"SLACK","apiToken":"xoxb-12345","channelName":""}"#,
-        )
-        .await;
-
-    // Assert
-    assert_settings(&reply, "SLACK", "channelName must not be empty");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn new_relic_requires_each_of_its_four_keys() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let full = json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"});
-
+async fn invalid_settings_of_each_type_are_refused_and_change_nothing() {
+    use AtlasError::*;
+    use Ver::{V1, V2};
+    let slack_81 = json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "T", "channelName": "c".repeat(81)});
+    let prometheus =
+        r#"{"type":"PROMETHEUS","username":"u","serviceDiscovery":"http","enabled":true}"#;
+    let hex = "apiKey must be a hexadecimal string";
+    let mut cases = vec![
+        (
+            "pager_duty_region_must_be_us_or_eu",
+            post(
+                V1,
+                "PAGER_DUTY",
+                r#"{"type":"PAGER_DUTY","serviceKey":"0123456789","region":"US3"}"#,
+            ),
+            InvalidEnumValue("US3"),
+        ),
+        (
+            "ops_genie_region_must_be_us_or_eu",
+            post(
+                V2,
+                "OPS_GENIE",
+                r#"{"type":"OPS_GENIE","apiKey":"opsgen4321","region":"AP1"}"#,
+            ),
+            InvalidEnumValue("AP1"),
+        ),
+        (
+            "datadog_region_outside_the_list_is_an_invalid_enum_value",
+            put(
+                V1,
+                "DATADOG",
+                r#"{"type":"DATADOG","apiKey":"abcdef0123","region":"XX"}"#,
+            ),
+            InvalidEnumValue("XX"),
+        ),
+        (
+            "a_refused_put_leaves_the_stored_secret_as_it_was",
+            put(
+                V1,
+                "DATADOG",
+                r#"{"type":"DATADOG","apiKey":"fedcba9876","region":"XX"}"#,
+            ),
+            InvalidEnumValue("XX"),
+        ),
+        (
+            "datadog_api_key_must_be_hexadecimal",
+            put(
+                V1,
+                "DATADOG",
+                r#"{"type":"DATADOG","apiKey":"not-hex-key"}"#,
+            ),
+            Settings("DATADOG", hex),
+        ),
+        (
+            // Not the exact masked form (one star fewer), so a new key, and not hexadecimal.
+            "datadog_put_with_another_mask_like_value_replaces_and_validates_it",
+            put(
+                V1,
+                "DATADOG",
+                r#"{"type":"DATADOG","apiKey":"*****0123","region":"EU"}"#,
+            ),
+            Settings("DATADOG", hex),
+        ),
+        (
+            "datadog_metric_switches_must_be_json_booleans",
+            put(
+                V2,
+                "DATADOG",
+                r#"{"type":"DATADOG","apiKey":"abcdef0123","sendDatabaseMetrics":"true"}"#,
+            ),
+            InvalidJsonAttribute("sendDatabaseMetrics"),
+        ),
+        (
+            "slack_team_name_is_required_in_v1",
+            post(
+                V1,
+                "SLACK",
+                r#"{"type":"SLACK","apiToken":"xoxb-12345","channelName":"alerts"}"#,
+            ),
+            MissingAttribute("teamName"),
+        ),
+        (
+            "slack_channel_name_is_required_in_v2",
+            post(
+                V2,
+                "SLACK",
+                r#"{"type":"SLACK","apiToken":"xoxb-12345","teamName":"My Team"}"#,
+            ),
+            MissingAttribute("channelName"),
+        ),
+        (
+            "slack_channel_name_over_80_characters_is_refused",
+            post(V1, "SLACK", &slack_81),
+            SettingsAbout("SLACK", "channelName"),
+        ),
+        (
+            "slack_channel_name_over_80_characters_is_refused",
+            post(V2, "SLACK", &slack_81),
+            SettingsAbout("SLACK", "channelName"),
+        ),
+        (
+            "slack_empty_channel_name_is_refused_in_v2_where_it_is_required",
+            post(
+                V2,
+                "SLACK",
+                r#"{"type":"SLACK","apiToken":"xoxb-12345","channelName":""}"#,
+            ),
+            Settings("SLACK", "channelName must not be empty"),
+        ),
+        (
+            "flowdock_flow_name_with_a_space_is_refused",
+            post(
+                V1,
+                "FLOWDOCK",
+                r#"{"type":"FLOWDOCK","flowName":"my flow","apiToken":"1234567890","orgName":"myOrg"}"#,
+            ),
+            FlowdockFlowName,
+        ),
+        (
+            "flowdock_requires_flow_name_api_token_and_org_name",
+            post(
+                V1,
+                "FLOWDOCK",
+                r#"{"type":"FLOWDOCK","flowName":"f","apiToken":"t"}"#,
+            ),
+            MissingAttribute("orgName"),
+        ),
+        (
+            "webhook_url_is_required",
+            post(V2, "WEBHOOK", r#"{"type":"WEBHOOK","secret":"s"}"#),
+            MissingAttribute("url"),
+        ),
+        (
+            "prometheus_password_is_required_on_create",
+            post(V1, "PROMETHEUS", prometheus),
+            MissingAttribute("password"),
+        ),
+        (
+            "prometheus_put_that_creates_requires_the_password",
+            put(V2, "PROMETHEUS", prometheus),
+            MissingAttribute("password"),
+        ),
+        (
+            "prometheus_enabled_must_be_a_json_boolean",
+            post(
+                V1,
+                "PROMETHEUS",
+                r#"{"type":"PROMETHEUS","username":"u","password":"p","serviceDiscovery":"http","enabled":"yes"}"#,
+            ),
+            InvalidJsonAttribute("enabled"),
+        ),
+        (
+            "prometheus_service_discovery_must_be_http_or_file",
+            post(
+                V1,
+                "PROMETHEUS",
+                r#"{"type":"PROMETHEUS","username":"u","password":"p","serviceDiscovery":"dns","enabled":true}"#,
+            ),
+            InvalidEnumValue("dns"),
+        ),
+    ];
+    let new_relic = json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"});
     for field in ["licenseKey", "accountId", "writeToken", "readToken"] {
-        let mut body = full.clone();
+        let mut body = new_relic.clone();
         body.as_object_mut().expect("object").remove(field);
-
-        // Act
-        let reply = app
-            .client
-            .post(&app.v1("NEW_RELIC"), &body.to_string())
-            .await;
-
-        // Assert
-        assert_missing(&reply, field);
+        let call = post(V1, "NEW_RELIC", body);
+        cases.push((
+            "new_relic_requires_each_of_its_four_keys",
+            call,
+            MissingAttribute(field),
+        ));
     }
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn victor_ops_routing_key_is_returned_in_clear_when_set() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    create(
-        &app,
-        Ver::V2,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "victor8765", "routingKey": "routing-key-1"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        get_one(&app, Ver::V1, "VICTOR_OPS").await,
-        json!({"type": "VICTOR_OPS", "apiKey": "******8765", "routingKey": "routing-key-1"})
-    );
-}
-
-#[tokio::test]
-async fn flowdock_flow_name_with_a_space_is_refused() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("FLOWDOCK"),
-            r#"{"type":"FLOWDOCK","flowName":"my flow","apiToken":"1234567890","orgName":"myOrg"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        400,
-        "INVALID_FLOWDOCK_FLOW_NAME",
-        &[],
-        "Flowdock flow name cannot contain spaces.",
-    );
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn flowdock_requires_flow_name_api_token_and_org_name() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("FLOWDOCK"),
-            r#"{"type":"FLOWDOCK","flowName":"f","apiToken":"t"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "orgName");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn webhook_url_may_be_http() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "http://hooks.example.com/plain"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "WEBHOOK", "url": "http://hooks.example.com/****"}])
-    );
-}
-
-#[tokio::test]
-async fn webhook_url_must_be_an_absolute_http_or_https_url() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
     for url in [
         "ftp://hooks.example.com/x",
         "/relative/path",
         "hooks.example.com/x",
         "not a url",
     ] {
-        // Act
-        let reply = app
-            .client
-            .post(
-                &app.v1("WEBHOOK"),
-                &json!({"type": "WEBHOOK", "url": url}).to_string(),
-            )
-            .await;
-
-        // Assert
-        assert_settings_about(&reply, "WEBHOOK", "url");
+        let call = post(V1, "WEBHOOK", json!({"type": "WEBHOOK", "url": url}));
+        let error = SettingsAbout("WEBHOOK", "url");
+        cases.push((
+            "webhook_url_must_be_an_absolute_http_or_https_url",
+            call,
+            error,
+        ));
     }
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn webhook_url_is_required() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(&app.v2("WEBHOOK"), r#"{"type":"WEBHOOK","secret":"s"}"#)
-        .await;
-
-    // Assert
-    assert_missing(&reply, "url");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn microsoft_teams_url_must_be_https() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
     for url in [
         "http://outlook.office.com/webhook/x",
         "ftp://outlook.office.com/x",
         "outlook.office.com/webhook",
     ] {
-        // Act
         let body = json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": url});
-        let reply = app
-            .client
-            .post(&app.v1("MICROSOFT_TEAMS"), &body.to_string())
-            .await;
-
-        // Assert
-        assert_settings_about(&reply, "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl");
+        let error = SettingsAbout("MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl");
+        cases.push((
+            "microsoft_teams_url_must_be_https",
+            post(V1, "MICROSOFT_TEAMS", body),
+            error,
+        ));
     }
-    assert_unchanged(&app, &before).await;
-}
 
-#[tokio::test]
-async fn prometheus_password_is_required_on_create() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("PROMETHEUS"),
-            r#"{"type":"PROMETHEUS","username":"u","serviceDiscovery":"http","enabled":true}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "password");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn prometheus_put_that_creates_requires_the_password() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v2("PROMETHEUS"),
-            r#"{"type":"PROMETHEUS","username":"u","serviceDiscovery":"http","enabled":true}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "password");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn prometheus_put_without_password_keeps_the_stored_one() {
-    // Arrange
-    let app = spawn_app().await;
-    create(&app, Ver::V1, "PROMETHEUS", &json!({"type": "PROMETHEUS", "username": "u", "password": "first-pass", "serviceDiscovery": "http", "enabled": true})).await;
-
-    // Act
-    let list = replace(&app, Ver::V1, "PROMETHEUS", &json!({"type": "PROMETHEUS", "username": "u2", "serviceDiscovery": "file", "enabled": false})).await;
-
-    // Assert
-    assert_eq!(list["results"][0]["username"], "u2");
-    assert_eq!(
-        stored_secret(&app, "PROMETHEUS", "password")
-            .await
-            .as_deref(),
-        Some("first-pass")
-    );
-}
-
-#[tokio::test]
-async fn prometheus_put_with_a_password_replaces_it() {
-    // Arrange
-    let app = spawn_app().await;
-    create(&app, Ver::V1, "PROMETHEUS", &json!({"type": "PROMETHEUS", "username": "u", "password": "first-pass", "serviceDiscovery": "http", "enabled": true})).await;
-
-    // Act
-    replace(&app, Ver::V2, "PROMETHEUS", &json!({"type": "PROMETHEUS", "username": "u", "password": "second-pass", "serviceDiscovery": "http", "enabled": true})).await;
-
-    // Assert
-    assert_eq!(
-        stored_secret(&app, "PROMETHEUS", "password")
-            .await
-            .as_deref(),
-        Some("second-pass")
-    );
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 #[tokio::test]
@@ -1427,53 +1267,80 @@ async fn prometheus_password_appears_in_no_response() {
 }
 
 #[tokio::test]
-async fn prometheus_scheme_is_read_only_accepted_and_ignored() {
-    // Arrange
+async fn a_put_stores_the_values_it_is_sent_and_keeps_a_password_it_is_not_sent() {
+    use Ver::{V1, V2};
+    // Arrange: (name, created in v1.0, PUT in `version`, what the PUT answers without ids,
+    // the stored values then).
     let app = spawn_app().await;
+    let prometheus = json!({"type": "PROMETHEUS", "username": "u", "password": "first-pass", "serviceDiscovery": "http", "enabled": true});
+    type Row<'a> = (&'a str, Value, Ver, Value, Value, &'a [(&'a str, &'a str)]);
+    let cases: Vec<Row<'_>> = vec![
+        (
+            "a_new_key_with_the_same_last_four_characters_replaces_the_stored_one",
+            json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU"}),
+            V1,
+            json!({"type": "DATADOG", "apiKey": "ffffff0123"}),
+            json!({"type": "DATADOG", "apiKey": "******0123", "region": "US"}),
+            &[("apiKey", "ffffff0123")],
+        ),
+        (
+            "pager_duty_put_with_a_different_masked_looking_value_stores_that_value",
+            json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
+            V1,
+            json!({"type": "PAGER_DUTY", "serviceKey": "******9999"}),
+            json!({"type": "PAGER_DUTY", "serviceKey": "******9999", "region": "US"}),
+            &[("serviceKey", "******9999")],
+        ),
+        (
+            "webhook_put_with_a_new_url_on_the_same_host_replaces_it",
+            json!({"type": "WEBHOOK", "url": "https://hooks.example.com/old", "secret": "s1"}),
+            V1,
+            json!({"type": "WEBHOOK", "url": "https://hooks.example.com/new", "secret": "s2"}),
+            json!({"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"}),
+            &[("url", "https://hooks.example.com/new"), ("secret", "s2")],
+        ),
+        (
+            "prometheus_put_without_password_keeps_the_stored_one",
+            prometheus.clone(),
+            V1,
+            json!({"type": "PROMETHEUS", "username": "u2", "serviceDiscovery": "file", "enabled": false}),
+            json!({
+                "type": "PROMETHEUS", "username": "u2", "serviceDiscovery": "file", "enabled": false,
+                "sendUserProvidedResourceTagsEnabled": false, "scheme": "https",
+            }),
+            &[("password", "first-pass")],
+        ),
+        (
+            "prometheus_put_with_a_password_replaces_it",
+            prometheus,
+            V2,
+            json!({"type": "PROMETHEUS", "username": "u", "password": "second-pass", "serviceDiscovery": "http", "enabled": true}),
+            json!({
+                "type": "PROMETHEUS", "username": "u", "serviceDiscovery": "http", "enabled": true,
+                "sendUserProvidedResourceTagsEnabled": false, "scheme": "https",
+            }),
+            &[("password", "second-pass")],
+        ),
+    ];
 
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "PROMETHEUS",
-        &json!({"type": "PROMETHEUS", "username": "u", "password": "p", "serviceDiscovery": "file", "enabled": true, "scheme": "http"}),
-    )
-    .await;
+    for (name, created, version, sent, answered, stored) in &cases {
+        let _case = Case::new(name);
+        let kind = kind_of(created);
+        create(&app, V1, created).await;
 
-    // Assert
-    assert_eq!(list["results"][0]["scheme"], "https");
-}
+        // Act
+        let answer = replace(&app, *version, sent).await;
 
-#[tokio::test]
-async fn prometheus_enabled_must_be_a_json_boolean() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(&app.v1("PROMETHEUS"), r#"{"type":"PROMETHEUS","username":"u","password":"p","serviceDiscovery":"http","enabled":"yes"}"#)
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&reply, "enabled");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn prometheus_service_discovery_must_be_http_or_file() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(&app.v1("PROMETHEUS"), r#"{"type":"PROMETHEUS","username":"u","password":"p","serviceDiscovery":"dns","enabled":true}"#)
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "dns");
-    assert_unchanged(&app, &before).await;
+        // Assert
+        assert_eq!(
+            results_without_ids(*version, &answer),
+            vec![answered.clone()]
+        );
+        for (field, value) in *stored {
+            assert_stored(&app, kind, field, Some(value)).await;
+        }
+        remove(&app, V1, kind).await;
+    }
 }
 
 #[tokio::test]
@@ -1482,20 +1349,10 @@ async fn put_creates_a_type_that_is_not_configured_yet_in_v1_and_v2() {
     let app = spawn_app().await;
 
     // Act
-    let v1 = replace(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
-    let v2 = replace(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"});
+    let v1 = replace(&app, Ver::V1, &pager_duty).await;
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let v2 = replace(&app, Ver::V2, &ops_genie).await;
 
     // Assert
     assert_eq!(
@@ -1518,13 +1375,8 @@ async fn put_creates_a_type_that_is_not_configured_yet_in_v1_and_v2() {
 async fn delete_answers_204_with_an_empty_body_and_the_type_is_then_not_configured() {
     // Arrange
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://hooks.example.com/x"}),
-    )
-    .await;
+    let webhook = json!({"type": "WEBHOOK", "url": "https://hooks.example.com/x"});
+    create(&app, Ver::V1, &webhook).await;
 
     // Act
     let reply = app.client.delete(&app.v1("WEBHOOK")).await;
@@ -1532,33 +1384,9 @@ async fn delete_answers_204_with_an_empty_body_and_the_type_is_then_not_configur
     // Assert
     assert_eq!(reply.status.as_u16(), 204);
     assert_eq!(reply.text, "");
-    assert_not_configured(&app.client.get(&app.v1("WEBHOOK")).await, "WEBHOOK");
-    assert_not_configured(&app.client.get(&app.v2("WEBHOOK")).await, "WEBHOOK");
-}
-
-#[tokio::test]
-async fn get_of_a_type_never_configured_is_404_integration_not_configured() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app.client.get(&app.v2("MICROSOFT_TEAMS")).await;
-
-    // Assert
-    assert_not_configured(&reply, "MICROSOFT_TEAMS");
-}
-
-#[tokio::test]
-async fn delete_of_a_type_not_configured_is_404_integration_not_configured() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app.client.delete(&app.v1("WEBHOOK")).await;
-
-    // Assert
-    assert_not_configured(&reply, "WEBHOOK");
-    assert_unchanged(&app, &before).await;
+    let not_configured = AtlasError::NotConfigured("WEBHOOK");
+    not_configured.assert(&app.client.get(&app.v1("WEBHOOK")).await);
+    not_configured.assert(&app.client.get(&app.v2("WEBHOOK")).await);
 }
 
 #[tokio::test]
@@ -1581,43 +1409,45 @@ async fn post_of_a_type_already_configured_is_409_and_keeps_the_stored_one() {
         json!({"detail": "The integration of type 'DATADOG' is already configured for this group.",
                "error": 409, "errorCode": "INTEGRATION_ALREADY_CONFIGURED", "parameters": ["DATADOG"], "reason": "Conflict"})
     );
-    assert_already_configured(&reply, "DATADOG");
+    AtlasError::AlreadyConfigured("DATADOG").assert(&reply);
     assert_unchanged(&app, &before).await;
 }
 
 #[tokio::test]
-async fn post_of_a_type_already_configured_through_the_other_version_is_409() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v2("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"fedcba9876"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_already_configured(&reply, "DATADOG");
-    assert_unchanged(&app, &before).await;
+async fn operations_on_a_type_that_is_or_is_not_configured_are_refused_and_change_nothing() {
+    use AtlasError::*;
+    use Ver::{V1, V2};
+    assert_refused(&[
+        (
+            "get_of_a_type_never_configured_is_404_integration_not_configured",
+            get(V2, "MICROSOFT_TEAMS"),
+            NotConfigured("MICROSOFT_TEAMS"),
+        ),
+        (
+            "delete_of_a_type_not_configured_is_404_integration_not_configured",
+            delete(V1, "WEBHOOK"),
+            NotConfigured("WEBHOOK"),
+        ),
+        (
+            "post_of_a_type_already_configured_through_the_other_version_is_409",
+            post(V2, "DATADOG", r#"{"type":"DATADOG","apiKey":"fedcba9876"}"#),
+            AlreadyConfigured("DATADOG"),
+        ),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn post_answers_the_list_of_all_the_projects_integrations_including_the_new_one() {
     // Arrange
     let app = spawn_app().await;
-    create(&app, Ver::V1, "NEW_RELIC", &json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"})).await;
+    let new_relic = json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"});
+    create(&app, Ver::V1, &new_relic).await;
+
+    let victor_ops = r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#;
 
     // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("VICTOR_OPS"),
-            r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#,
-        )
-        .await;
+    let reply = app.client.post(&app.v1("VICTOR_OPS"), victor_ops).await;
 
     // Assert
     assert_eq!(reply.status.as_u16(), 200, "POST answers 200, not 201");
@@ -1639,132 +1469,101 @@ async fn post_answers_the_list_of_all_the_projects_integrations_including_the_ne
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn keys_are_masked_to_stars_and_their_last_four_characters() {
-    // Arrange
+async fn keys_urls_and_webhook_secrets_are_masked_as_the_contract_says() {
+    // Arrange: (body PUT in v1.0, the masked field, how it is shown).
     let app = spawn_app().await;
+    let cases = [
+        // keys_are_masked_to_stars_and_their_last_four_characters
+        (
+            json!({"type": "OPS_GENIE", "apiKey": "1234567890"}),
+            "apiKey",
+            "******7890".to_owned(),
+        ),
+        (
+            json!({"type": "PAGER_DUTY", "serviceKey": "12345"}),
+            "serviceKey",
+            "*2345".to_owned(),
+        ),
+        (
+            json!({"type": "VICTOR_OPS", "apiKey": "a-rather-long-victor-ops-key-XYZ9"}),
+            "apiKey",
+            format!("{}XYZ9", "*".repeat(29)),
+        ),
+        // keys_of_four_characters_or_fewer_are_all_stars_of_the_same_length
+        (
+            json!({"type": "OPS_GENIE", "apiKey": "abcd"}),
+            "apiKey",
+            "****".to_owned(),
+        ),
+        (
+            json!({"type": "PAGER_DUTY", "serviceKey": "abc"}),
+            "serviceKey",
+            "***".to_owned(),
+        ),
+        (
+            json!({"type": "VICTOR_OPS", "apiKey": "a"}),
+            "apiKey",
+            "*".to_owned(),
+        ),
+        (
+            json!({"type": "SLACK", "apiToken": "xy", "teamName": "t"}),
+            "apiToken",
+            "**".to_owned(),
+        ),
+        // webhook_secret_is_six_stars_whatever_its_length
+        (
+            json!({"type": "WEBHOOK", "url": "https://h.example.com/p", "secret": "s"}),
+            "secret",
+            "******".to_owned(),
+        ),
+        (
+            json!({"type": "WEBHOOK", "url": "https://h.example.com/p", "secret": "a-very-long-webhook-secret-of-many-characters"}),
+            "secret",
+            "******".to_owned(),
+        ),
+        // urls_keep_scheme_host_and_port_only
+        (
+            json!({"type": "WEBHOOK", "url": "https://user:pw@hooks.example.com:8443/services/T000/B000/XXXX?token=abc#frag"}),
+            "url",
+            "https://hooks.example.com:8443/****".to_owned(),
+        ),
+        (
+            json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com"}),
+            "microsoftTeamsWebhookUrl",
+            "https://outlook.office.com/****".to_owned(),
+        ),
+    ];
 
-    // Act
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "1234567890"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "12345"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "a-rather-long-victor-ops-key-XYZ9"}),
-    )
-    .await;
+    for (body, field, masked) in &cases {
+        let _case = Case::new(body);
+        let kind = kind_of(body);
 
-    // Assert
-    assert_eq!(
-        get_one(&app, Ver::V1, "OPS_GENIE").await["apiKey"],
-        "******7890"
-    );
-    assert_eq!(
-        get_one(&app, Ver::V1, "PAGER_DUTY").await["serviceKey"],
-        "*2345"
-    );
-    assert_eq!(
-        get_one(&app, Ver::V1, "VICTOR_OPS").await["apiKey"],
-        format!("{}XYZ9", "*".repeat(29))
-    );
-}
-
-#[tokio::test]
-async fn keys_of_four_characters_or_fewer_are_all_stars_of_the_same_length() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "abcd"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "abc"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "a"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xy", "teamName": "t"}),
-    )
-    .await;
-
-    // Assert
-    let list = get_list(&app, Ver::V1).await;
-    assert_eq!(
-        types(&list),
-        vec!["OPS_GENIE", "PAGER_DUTY", "VICTOR_OPS", "SLACK"]
-    );
-    assert_eq!(list["results"][0]["apiKey"], "****");
-    assert_eq!(list["results"][1]["serviceKey"], "***");
-    assert_eq!(list["results"][2]["apiKey"], "*");
-    assert_eq!(list["results"][3]["apiToken"], "**");
-}
-
-#[tokio::test]
-async fn webhook_secret_is_six_stars_whatever_its_length() {
-    // Arrange
-    let app = spawn_app().await;
-
-    for secret in ["s", "a-very-long-webhook-secret-of-many-characters"] {
         // Act
-        replace(
-            &app,
-            Ver::V1,
-            "WEBHOOK",
-            &json!({"type": "WEBHOOK", "url": "https://h.example.com/p", "secret": secret}),
-        )
-        .await;
+        let answer = replace(&app, Ver::V1, body).await;
 
         // Assert
-        assert_eq!(get_one(&app, Ver::V1, "WEBHOOK").await["secret"], "******");
+        let answered = results(&answer).iter().find(|o| o["type"] == kind);
+        assert_eq!(
+            answered.map(|o| &o[*field]),
+            Some(&json!(masked)),
+            "PUT answer"
+        );
+        assert_eq!(
+            get_one(&app, Ver::V1, kind).await[*field],
+            masked.as_str(),
+            "GET"
+        );
     }
-}
-
-#[tokio::test]
-async fn urls_keep_scheme_host_and_port_only() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    create(&app, Ver::V1, "WEBHOOK", &json!({"type": "WEBHOOK", "url": "https://user:pw@hooks.example.com:8443/services/T000/B000/XXXX?token=abc#frag"})).await;
-    create(&app, Ver::V1, "MICROSOFT_TEAMS", &json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://outlook.office.com"})).await;
-
-    // Assert
     assert_eq!(
-        get_one(&app, Ver::V1, "WEBHOOK").await["url"],
-        "https://hooks.example.com:8443/****"
-    );
-    assert_eq!(
-        get_one(&app, Ver::V1, "MICROSOFT_TEAMS").await["microsoftTeamsWebhookUrl"],
-        "https://outlook.office.com/****"
+        types(&get_list(&app, Ver::V1).await),
+        vec![
+            "OPS_GENIE",
+            "PAGER_DUTY",
+            "VICTOR_OPS",
+            "SLACK",
+            "WEBHOOK",
+            "MICROSOFT_TEAMS"
+        ]
     );
 }
 
@@ -1849,9 +1648,9 @@ fn assert_masked(objects: &[Value], what: &str) {
 async fn secrets_are_masked_in_get_one_get_list_and_the_post_and_put_lists() {
     // Arrange
     let app = spawn_app().await;
-    for (kind, _, body, _) in masked_cases() {
+    for (_, _, body, _) in masked_cases() {
         if !body.is_null() {
-            create(&app, Ver::V1, kind, &body).await;
+            create(&app, Ver::V1, &body).await;
         }
     }
     let kinds = [
@@ -1864,18 +1663,12 @@ async fn secrets_are_masked_in_get_one_get_list_and_the_post_and_put_lists() {
         "MICROSOFT_TEAMS",
     ];
 
+    let teams = r#"{"type":"MICROSOFT_TEAMS","microsoftTeamsWebhookUrl":"https://teams.example.com/teamssecretpath"}"#;
+    let ops_genie = r#"{"type":"OPS_GENIE","apiKey":"ogsecret4321"}"#;
+
     // Act
-    let post = app
-        .client
-        .post(&app.v1("MICROSOFT_TEAMS"), r#"{"type":"MICROSOFT_TEAMS","microsoftTeamsWebhookUrl":"https://teams.example.com/teamssecretpath"}"#)
-        .await;
-    let put = app
-        .client
-        .put(
-            &app.v2("OPS_GENIE"),
-            r#"{"type":"OPS_GENIE","apiKey":"ogsecret4321"}"#,
-        )
-        .await;
+    let post = app.client.post(&app.v1("MICROSOFT_TEAMS"), teams).await;
+    let put = app.client.put(&app.v2("OPS_GENIE"), ops_genie).await;
     let list_v1 = app.client.get(&app.v1("")).await;
     let list_v2 = app.client.get(&app.v2("")).await;
     let mut ones = Vec::new();
@@ -1893,7 +1686,7 @@ async fn secrets_are_masked_in_get_one_get_list_and_the_post_and_put_lists() {
     ] {
         let body = ok(reply);
         assert_eq!(types(&body), kinds.to_vec(), "{what}");
-        assert_masked(body["results"].as_array().expect("results"), what);
+        assert_masked(results(&body), what);
     }
     for reply in &ones {
         assert_masked(&[ok(reply)], "GET one");
@@ -1909,334 +1702,151 @@ async fn secrets_are_masked_in_get_one_get_list_and_the_post_and_put_lists() {
     }
 }
 
+/// GETs `kind` in `version` and PUTs back what GET showed; asserts that the PUT answers the
+/// project's list with the object as GET showed it, that a new GET shows it again, and that
+/// the stored `secrets` are still the values of `sent`. Returns what GET showed.
+async fn assert_put_back(app: &TestApp, version: Ver, sent: &Value, secrets: &[&str]) -> Value {
+    let kind = kind_of(sent);
+    let what = format!("{kind} {version:?}");
+    let fetched = get_one(app, version, kind).await;
+
+    let answer = replace(app, version, &fetched).await;
+
+    let answered = results(&answer).iter().find(|o| o["type"] == kind);
+    assert_eq!(answered, Some(&fetched), "{what}: the PUT answer");
+    assert_eq!(
+        answer["results"],
+        get_list(app, version).await["results"],
+        "{what}: the PUT answers the whole list"
+    );
+    assert_eq!(get_one(app, version, kind).await, fetched, "{what}");
+    for field in secrets {
+        let expected = sent[*field].as_str();
+        assert_stored(app, kind, field, expected).await;
+    }
+    fetched
+}
+
 #[tokio::test]
-async fn datadog_get_then_put_back_keeps_the_stored_api_key() {
-    // Arrange
+async fn a_masked_value_sent_back_keeps_the_stored_secret_and_a_changed_field_is_stored() {
+    use Ver::{V1, V2};
+    // Arrange: (name, version, what is sent, what GET shows without the id, its secrets, a
+    // visible field changed on the way back).
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU"}),
-    )
-    .await;
-    let fetched = get_one(&app, Ver::V1, "DATADOG").await;
-    assert_eq!(
-        fetched,
-        json!({"type": "DATADOG", "apiKey": "******0123", "region": "EU"})
+    let teams_url = "https://contoso.webhook.office.com/webhookb2/abc/IncomingWebhook/123";
+    type Row<'a> = (
+        &'a str,
+        Ver,
+        Value,
+        Value,
+        &'a [&'a str],
+        Option<(&'a str, &'a str)>,
     );
+    let cases: Vec<Row<'_>> = vec![
+        (
+            "datadog_get_then_put_back_keeps_the_stored_api_key",
+            V1,
+            json!({"type": "DATADOG", "apiKey": "abcdef0123", "region": "EU"}),
+            json!({"type": "DATADOG", "apiKey": "******0123", "region": "EU"}),
+            &["apiKey"],
+            Some(("region", "US3")),
+        ),
+        (
+            "pager_duty_masked_round_trip_through_v2_keeps_the_key_and_the_id",
+            V2,
+            json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": "EU"}),
+            json!({"type": "PAGER_DUTY", "serviceKey": "******6789", "region": "EU"}),
+            &["serviceKey"],
+            Some(("region", "US")),
+        ),
+        (
+            "webhook_masked_round_trip_keeps_url_and_secret",
+            V1,
+            json!({"type": "WEBHOOK", "url": "https://hooks.example.com/services/T000/B000/XXXX", "secret": "hook-secret"}),
+            json!({"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"}),
+            &["url", "secret"],
+            None,
+        ),
+        (
+            "microsoft_teams_masked_round_trip_through_v2_keeps_the_url",
+            V2,
+            json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": teams_url}),
+            json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://contoso.webhook.office.com/****"}),
+            &["microsoftTeamsWebhookUrl"],
+            None,
+        ),
+    ];
 
-    // Act
-    let same = app
-        .client
-        .put(&app.v1("DATADOG"), &fetched.to_string())
-        .await;
-    let mut changed = fetched.clone();
-    changed["region"] = json!("US3");
-    let visible = app
-        .client
-        .put(&app.v1("DATADOG"), &changed.to_string())
-        .await;
+    for (name, version, sent, shown, secrets, change) in &cases {
+        let _case = Case::new(name);
+        create(&app, *version, sent).await;
 
-    // Assert
-    assert_eq!(
-        ok(&same)["results"],
-        json!([fetched]),
-        "the masked key is not validated as a new key"
-    );
-    assert_eq!(
-        ok(&visible)["results"],
-        json!([{"type": "DATADOG", "apiKey": "******0123", "region": "US3"}])
-    );
-    assert_eq!(
-        stored_secret(&app, "DATADOG", "apiKey").await.as_deref(),
-        Some("abcdef0123")
-    );
-}
+        // Act
+        let fetched = assert_put_back(&app, *version, sent, secrets).await;
 
-#[tokio::test]
-async fn datadog_put_with_another_mask_like_value_replaces_and_validates_it() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act: not the exact masked form (one star fewer), so a new key, and not hexadecimal.
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"*****0123","region":"EU"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_settings(&reply, "DATADOG", "apiKey must be a hexadecimal string");
-    assert_unchanged(&app, &before).await;
-    assert_eq!(
-        stored_secret(&app, "DATADOG", "apiKey").await.as_deref(),
-        Some("abcdef0123")
-    );
-}
-
-#[tokio::test]
-async fn a_new_key_with_the_same_last_four_characters_replaces_the_stored_one() {
-    // Arrange
-    let (app, _) = app_with_datadog().await;
-
-    // Act
-    let list = replace(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "ffffff0123"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(list["results"][0]["apiKey"], "******0123");
-    assert_eq!(
-        stored_secret(&app, "DATADOG", "apiKey").await.as_deref(),
-        Some("ffffff0123")
-    );
-}
-
-#[tokio::test]
-async fn pager_duty_masked_round_trip_through_v2_keeps_the_key_and_the_id() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V2,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789", "region": "EU"}),
-    )
-    .await;
-    let fetched = get_one(&app, Ver::V2, "PAGER_DUTY").await;
-
-    // Act
-    let list = replace(&app, Ver::V2, "PAGER_DUTY", &fetched).await;
-    let mut changed = fetched.clone();
-    changed["region"] = json!("US");
-    let visible = replace(&app, Ver::V2, "PAGER_DUTY", &changed).await;
-
-    // Assert
-    assert_eq!(list["results"], json!([fetched]));
-    assert_eq!(visible["results"][0]["serviceKey"], "******6789");
-    assert_eq!(visible["results"][0]["region"], "US");
-    assert_eq!(visible["results"][0]["id"], fetched["id"]);
-    assert_eq!(
-        stored_secret(&app, "PAGER_DUTY", "serviceKey")
-            .await
-            .as_deref(),
-        Some("0123456789")
-    );
-}
-
-#[tokio::test]
-async fn pager_duty_put_with_a_different_masked_looking_value_stores_that_value() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
-
-    // Act
-    let list = replace(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "******9999"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(list["results"][0]["serviceKey"], "******9999");
-    assert_eq!(
-        stored_secret(&app, "PAGER_DUTY", "serviceKey")
-            .await
-            .as_deref(),
-        Some("******9999")
-    );
-}
-
-#[tokio::test]
-async fn webhook_masked_round_trip_keeps_url_and_secret() {
-    // Arrange
-    let app = spawn_app().await;
-    let url = "https://hooks.example.com/services/T000/B000/XXXX";
-    create(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": url, "secret": "hook-secret"}),
-    )
-    .await;
-    let fetched = get_one(&app, Ver::V1, "WEBHOOK").await;
-    assert_eq!(
-        fetched,
-        json!({"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"})
-    );
-
-    // Act
-    let list = replace(&app, Ver::V1, "WEBHOOK", &fetched).await;
-
-    // Assert
-    assert_eq!(list["results"], json!([fetched]));
-    assert_eq!(
-        stored_secret(&app, "WEBHOOK", "url").await.as_deref(),
-        Some(url)
-    );
-    assert_eq!(
-        stored_secret(&app, "WEBHOOK", "secret").await.as_deref(),
-        Some("hook-secret")
-    );
-}
-
-#[tokio::test]
-async fn webhook_put_with_a_new_url_on_the_same_host_replaces_it() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://hooks.example.com/old", "secret": "s1"}),
-    )
-    .await;
-
-    // Act
-    let list = replace(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://hooks.example.com/new", "secret": "s2"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "WEBHOOK", "url": "https://hooks.example.com/****", "secret": "******"}])
-    );
-    assert_eq!(
-        stored_secret(&app, "WEBHOOK", "url").await.as_deref(),
-        Some("https://hooks.example.com/new")
-    );
-    assert_eq!(
-        stored_secret(&app, "WEBHOOK", "secret").await.as_deref(),
-        Some("s2")
-    );
-}
-
-#[tokio::test]
-async fn microsoft_teams_masked_round_trip_through_v2_keeps_the_url() {
-    // Arrange
-    let app = spawn_app().await;
-    let url = "https://contoso.webhook.office.com/webhookb2/abc/IncomingWebhook/123";
-    create(
-        &app,
-        Ver::V2,
-        "MICROSOFT_TEAMS",
-        &json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": url}),
-    )
-    .await;
-    let fetched = get_one(&app, Ver::V2, "MICROSOFT_TEAMS").await;
-
-    // Act
-    let list = replace(&app, Ver::V2, "MICROSOFT_TEAMS", &fetched).await;
-
-    // Assert
-    assert_eq!(list["results"], json!([fetched]));
-    assert_eq!(
-        stored_secret(&app, "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl")
-            .await
-            .as_deref(),
-        Some(url)
-    );
+        // Assert
+        assert_eq!(split_id(*version, &fetched).0, *shown, "what GET shows");
+        let list = get_list(&app, *version).await;
+        assert_eq!(list["results"], json!([fetched]), "the PUT answer");
+        if let Some((field, value)) = change {
+            let mut changed = fetched.clone();
+            changed[*field] = json!(value);
+            let answer = replace(&app, *version, &changed).await;
+            assert_eq!(answer["results"], json!([changed]), "the change is stored");
+            for field in *secrets {
+                assert_stored(&app, kind_of(sent), field, sent[*field].as_str()).await;
+            }
+        }
+        remove(&app, *version, kind_of(sent)).await;
+    }
 }
 
 #[tokio::test]
 async fn every_secret_survives_a_get_then_put_round_trip_in_both_versions() {
     // Arrange
     let app = spawn_app().await;
-    let cases = [
+    let cases: [(Value, &[&str]); 8] = [
         (
-            "PAGER_DUTY",
             json!({"type": "PAGER_DUTY", "serviceKey": "pd-service-key"}),
-            vec!["serviceKey"],
+            &["serviceKey"],
         ),
         (
-            "SLACK",
             json!({"type": "SLACK", "apiToken": "xoxb-slack-token", "teamName": "t", "channelName": "c"}),
-            vec!["apiToken"],
+            &["apiToken"],
         ),
         (
-            "DATADOG",
             json!({"type": "DATADOG", "apiKey": "0123456789abcdef"}),
-            vec!["apiKey"],
+            &["apiKey"],
         ),
         (
-            "OPS_GENIE",
             json!({"type": "OPS_GENIE", "apiKey": "ops-genie-key"}),
-            vec!["apiKey"],
+            &["apiKey"],
         ),
         (
-            "VICTOR_OPS",
             json!({"type": "VICTOR_OPS", "apiKey": "victor-ops-key", "routingKey": "rk"}),
-            vec!["apiKey", "routingKey"],
+            &["apiKey", "routingKey"],
         ),
         (
-            "WEBHOOK",
             json!({"type": "WEBHOOK", "url": "https://h.example.com/a/b", "secret": "whs"}),
-            vec!["url", "secret"],
+            &["url", "secret"],
         ),
         (
-            "MICROSOFT_TEAMS",
             json!({"type": "MICROSOFT_TEAMS", "microsoftTeamsWebhookUrl": "https://t.example.com/x"}),
-            vec!["microsoftTeamsWebhookUrl"],
+            &["microsoftTeamsWebhookUrl"],
         ),
         (
-            "PROMETHEUS",
             json!({"type": "PROMETHEUS", "username": "u", "password": "prom-pw", "serviceDiscovery": "http", "enabled": true}),
-            vec!["password"],
+            &["password"],
         ),
     ];
-    for (kind, body, _) in &cases {
-        create(&app, Ver::V1, kind, body).await;
+    for (body, _) in &cases {
+        create(&app, Ver::V1, body).await;
     }
 
     for version in [Ver::V1, Ver::V2] {
-        for (kind, body, secrets) in &cases {
-            let fetched = get_one(&app, version, kind).await;
-
-            // Act
-            let reply = app
-                .client
-                .put(&version.path(&app, kind), &fetched.to_string())
-                .await;
-
-            // Assert
-            assert_eq!(
-                reply.status.as_u16(),
-                200,
-                "{kind} {version:?}: {}",
-                reply.text
-            );
-            assert_eq!(
-                get_one(&app, version, kind).await,
-                fetched,
-                "{kind} {version:?}"
-            );
-            for field in secrets {
-                assert_eq!(
-                    stored_secret(&app, kind, field).await.as_deref(),
-                    body[*field].as_str(),
-                    "{kind}.{field} after a {version:?} round trip"
-                );
-            }
+        for (body, secrets) in &cases {
+            // Act and assert
+            assert_put_back(&app, version, body, secrets).await;
         }
     }
 }
@@ -2251,7 +1861,7 @@ async fn v2_without_an_accept_header_is_406_invalid_version_date() {
     let app = spawn_app().await;
 
     // Act
-    let (status, head, body) = raw_http(&app, "GET", &app.v2(""), "").await;
+    let (status, head, body) = raw_http(&app, "GET", &app.v2("")).await;
 
     // Assert
     assert_eq!(status, 406, "body: {body}");
@@ -2260,70 +1870,117 @@ async fn v2_without_an_accept_header_is_406_invalid_version_date() {
         "head: {head}"
     );
     let body: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(
-        body,
-        error_body(
-            406,
-            "INVALID_VERSION_DATE",
-            &[],
-            "Invalid accept header or version date."
-        )
-    );
+    assert_eq!(body, AtlasError::InvalidVersionDate.body());
 }
 
 #[tokio::test]
-async fn v2_with_an_unversioned_accept_header_is_406() {
-    // Arrange
-    let app = spawn_app().await;
-
+async fn bad_v2_versions_unknown_types_and_bad_group_ids_are_refused_and_change_nothing() {
+    use AtlasError::*;
+    use Ver::{V1, V2};
+    let webhook = r#"{"type":"WEBHOOK","url":"https://h.example.com/x"}"#;
+    let flowdock = r#"{"type":"FLOWDOCK","flowName":"f","apiToken":"t","orgName":"o"}"#;
+    let datadog = r#"{"type":"DATADOG","apiKey":"ff"}"#;
+    let hip_chat = r#"{"type":"HIP_CHAT","notificationToken":"t","roomName":"r"}"#;
+    let old = "application/vnd.atlas.2022-12-31+json";
+    let mut cases = vec![
+        (
+            "v2_with_a_version_date_before_2023_01_01_is_406",
+            get(V2, "").header("accept", old),
+            InvalidVersionDate,
+        ),
+        (
+            "v2_with_a_version_date_before_2023_01_01_is_406",
+            post(V2, "WEBHOOK", webhook).header("accept", old),
+            InvalidVersionDate,
+        ),
+        (
+            "v2_errors_are_application_json",
+            get(V2, "SLACK"),
+            NotConfigured("SLACK"),
+        ),
+        (
+            "v2_errors_are_application_json",
+            post(V2, "SLACK", "{"),
+            MalformedJson,
+        ),
+        (
+            "v2_errors_are_application_json",
+            get(V2, "FOO"),
+            InvalidEnumValue("FOO"),
+        ),
+        (
+            "flowdock_is_an_unknown_type_in_v2_paths",
+            get(V2, "FLOWDOCK"),
+            InvalidEnumValue("FLOWDOCK"),
+        ),
+        (
+            "flowdock_is_an_unknown_type_in_v2_paths",
+            post(V2, "FLOWDOCK", flowdock),
+            InvalidEnumValue("FLOWDOCK"),
+        ),
+        (
+            "flowdock_is_an_unknown_type_in_v2_paths",
+            put(V2, "FLOWDOCK", flowdock),
+            InvalidEnumValue("FLOWDOCK"),
+        ),
+        (
+            "flowdock_is_an_unknown_type_in_v2_paths",
+            delete(V2, "FLOWDOCK"),
+            InvalidEnumValue("FLOWDOCK"),
+        ),
+        (
+            "an_unknown_type_in_the_path_is_400_invalid_enum_value",
+            get(V1, "FOO"),
+            InvalidEnumValue("FOO"),
+        ),
+        (
+            "an_unknown_type_in_the_path_is_400_invalid_enum_value",
+            post(V1, "FOO", r#"{"type":"FOO"}"#),
+            InvalidEnumValue("FOO"),
+        ),
+        (
+            "an_unknown_type_in_the_path_is_400_invalid_enum_value",
+            delete(V2, "FOO"),
+            InvalidEnumValue("FOO"),
+        ),
+        (
+            "a_lowercase_type_in_the_path_is_an_unknown_type",
+            get(V1, "datadog"),
+            InvalidEnumValue("datadog"),
+        ),
+        (
+            "a_lowercase_type_in_the_path_is_an_unknown_type",
+            put(V1, "datadog", datadog),
+            InvalidEnumValue("datadog"),
+        ),
+        (
+            "hip_chat_is_400_hipchat_not_supported",
+            post(V1, "HIP_CHAT", hip_chat),
+            HipChatNotSupported,
+        ),
+        (
+            "hip_chat_is_400_hipchat_not_supported",
+            get(V2, "HIP_CHAT"),
+            HipChatNotSupported,
+        ),
+        (
+            "a_well_formed_group_id_that_does_not_exist_is_401_not_in_group",
+            Call::new(
+                Method::GET,
+                path("v1.0", "000000000000000000000000", ""),
+                None,
+            ),
+            NotInGroup,
+        ),
+    ];
     for accept in ["application/json", "*/*"] {
-        // Act
-        let reply = app
-            .client
-            .send(Method::GET, &app.v2(""), None, &[("accept", accept)])
-            .await;
-
-        // Assert
-        assert_version_date(&reply);
+        let call = get(V2, "").header("accept", accept);
+        cases.push((
+            "v2_with_an_unversioned_accept_header_is_406",
+            call,
+            InvalidVersionDate,
+        ));
     }
-}
-
-#[tokio::test]
-async fn v2_with_a_version_date_before_2023_01_01_is_406() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let get = app
-        .client
-        .send(
-            Method::GET,
-            &app.v2(""),
-            None,
-            &[("accept", "application/vnd.atlas.2022-12-31+json")],
-        )
-        .await;
-    let post = app
-        .client
-        .send(
-            Method::POST,
-            &app.v2("WEBHOOK"),
-            Some(r#"{"type":"WEBHOOK","url":"https://h.example.com/x"}"#),
-            &[("accept", "application/vnd.atlas.2022-12-31+json")],
-        )
-        .await;
-
-    // Assert
-    assert_version_date(&get);
-    assert_version_date(&post);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn v2_with_a_malformed_versioned_media_type_is_406() {
-    // Arrange
-    let app = spawn_app().await;
-
     for accept in [
         "application/vnd.atlas.2023-1-01+json",
         "application/vnd.atlas.2023-02-30+json",
@@ -2332,107 +1989,94 @@ async fn v2_with_a_malformed_versioned_media_type_is_406() {
         "application/vnd.atlas.2023-01-01",
         "application/vnd.atlas.2023-01-01+xml",
     ] {
-        // Act
-        let reply = app
-            .client
-            .send(Method::GET, &app.v2(""), None, &[("accept", accept)])
-            .await;
-
-        // Assert
-        assert_eq!(reply.status.as_u16(), 406, "{accept}: {}", reply.text);
-        assert_version_date(&reply);
+        let call = get(V2, "").header("accept", accept);
+        cases.push((
+            "v2_with_a_malformed_versioned_media_type_is_406",
+            call,
+            InvalidVersionDate,
+        ));
     }
+    for group in [
+        "xyz",
+        "5D791C84FF7A2522CC4F9AA1",
+        "5d791c84ff7a2522cc4f9aa",
+        "5d791c84ff7a2522cc4f9aa1f",
+        "5d791c84ff7a2522cc4f9aag",
+    ] {
+        let call = Call::new(Method::GET, path("v1.0", group, ""), None);
+        cases.push((
+            "a_group_id_that_is_not_24_lowercase_hex_is_404_invalid_group_id",
+            call,
+            InvalidGroupId(group),
+        ));
+    }
+
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 #[tokio::test]
-async fn v2_with_a_later_version_date_resolves_to_2023_01_01() {
+async fn success_responses_carry_the_content_type_of_their_version() {
+    use Ver::{V1, V2};
+    const V2_JSON: &str = "application/vnd.atlas.2023-01-01+json";
     // Arrange
     let app = spawn_app().await;
-
+    let ops_genie = r#"{"type":"OPS_GENIE","apiKey":"opsgen4321"}"#;
+    let victor_ops = r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#;
+    let mut cases = vec![
+        (
+            "v2_success_responses_carry_the_versioned_content_type",
+            post(V2, "OPS_GENIE", ops_genie),
+            V2_JSON,
+        ),
+        (
+            "v2_success_responses_carry_the_versioned_content_type",
+            put(V2, "OPS_GENIE", ops_genie),
+            V2_JSON,
+        ),
+        (
+            "v2_success_responses_carry_the_versioned_content_type",
+            get(V2, "OPS_GENIE"),
+            V2_JSON,
+        ),
+        (
+            "v2_success_responses_carry_the_versioned_content_type",
+            get(V2, ""),
+            V2_JSON,
+        ),
+        (
+            "v1_responses_are_application_json",
+            post(V1, "VICTOR_OPS", victor_ops),
+            "application/json",
+        ),
+        (
+            "v1_responses_are_application_json",
+            get(V1, "VICTOR_OPS"),
+            "application/json",
+        ),
+    ];
     for accept in [
         "application/vnd.atlas.2023-01-01+json",
         "application/vnd.atlas.2024-08-05+json",
         "application/vnd.atlas.2025-02-19+json",
     ] {
+        let call = get(V2, "").header("accept", accept);
+        cases.push((
+            "v2_with_a_later_version_date_resolves_to_2023_01_01",
+            call,
+            V2_JSON,
+        ));
+    }
+
+    for (name, call, content_type) in &cases {
+        let _case = Case::new(format_args!("{name}: {call}"));
+
         // Act
-        let reply = app
-            .client
-            .send(Method::GET, &app.v2(""), None, &[("accept", accept)])
-            .await;
+        let reply = call.send(&app).await;
 
         // Assert
-        assert_eq!(reply.status.as_u16(), 200, "{accept}: {}", reply.text);
-        assert_eq!(
-            reply.header("content-type").as_deref(),
-            Some(V2),
-            "{accept}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn v2_success_responses_carry_the_versioned_content_type() {
-    // Arrange
-    let app = spawn_app().await;
-    let body = r#"{"type":"OPS_GENIE","apiKey":"opsgen4321"}"#;
-
-    // Act
-    let replies = [
-        app.client.post(&app.v2("OPS_GENIE"), body).await,
-        app.client.put(&app.v2("OPS_GENIE"), body).await,
-        app.client.get(&app.v2("OPS_GENIE")).await,
-        app.client.get(&app.v2("")).await,
-    ];
-
-    // Assert
-    for reply in &replies {
         assert_eq!(reply.status.as_u16(), 200, "body: {}", reply.text);
-        assert_eq!(
-            reply.header("content-type").as_deref(),
-            Some("application/vnd.atlas.2023-01-01+json")
-        );
-    }
-}
-
-#[tokio::test]
-async fn v2_errors_are_application_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let not_configured = app.client.get(&app.v2("SLACK")).await;
-    let bad_body = app.client.post(&app.v2("SLACK"), "{").await;
-    let bad_type = app.client.get(&app.v2("FOO")).await;
-
-    // Assert
-    assert_not_configured(&not_configured, "SLACK");
-    assert_malformed(&bad_body);
-    assert_invalid_enum(&bad_type, "FOO");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn v1_responses_are_application_json() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let post = app
-        .client
-        .post(
-            &app.v1("OPS_GENIE"),
-            r#"{"type":"OPS_GENIE","apiKey":"opsgen4321"}"#,
-        )
-        .await;
-    let get = app.client.get(&app.v1("OPS_GENIE")).await;
-
-    // Assert
-    for reply in [&post, &get] {
-        assert_eq!(reply.status.as_u16(), 200, "body: {}", reply.text);
-        assert_eq!(
-            reply.header("content-type").as_deref(),
-            Some("application/json")
-        );
+        assert_eq!(reply.header("content-type").as_deref(), Some(*content_type));
     }
 }
 
@@ -2463,13 +2107,8 @@ async fn v2_request_bodies_may_use_the_versioned_media_type() {
 async fn v2_objects_carry_an_object_id_that_put_keeps() {
     // Arrange
     let app = spawn_app().await;
-    let created = create(
-        &app,
-        Ver::V2,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"});
+    let created = create(&app, Ver::V2, &pager_duty).await;
     let id = created["results"][0]["id"]
         .as_str()
         .expect("an id")
@@ -2477,20 +2116,10 @@ async fn v2_objects_carry_an_object_id_that_put_keeps() {
     assert_object_id(&id);
 
     // Act
-    let put_v2 = replace(
-        &app,
-        Ver::V2,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "9876543210"}),
-    )
-    .await;
-    replace(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "1111111111"}),
-    )
-    .await;
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "9876543210"});
+    let put_v2 = replace(&app, Ver::V2, &pager_duty).await;
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "1111111111"});
+    replace(&app, Ver::V1, &pager_duty).await;
 
     // Assert
     assert_eq!(put_v2["results"][0]["id"], id.as_str());
@@ -2508,22 +2137,12 @@ async fn v2_objects_carry_an_object_id_that_put_keeps() {
 async fn v2_objects_of_different_types_have_different_ids() {
     // Arrange
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V2,
-        "PAGER_DUTY",
-        &json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
+    let pager_duty = json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"});
+    create(&app, Ver::V2, &pager_duty).await;
 
     // Act
-    let list = replace(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let list = replace(&app, Ver::V2, &ops_genie).await;
 
     // Assert
     let a = list["results"][0]["id"].as_str().expect("id");
@@ -2538,12 +2157,12 @@ async fn v2_id_is_new_after_delete_and_post() {
     // Arrange
     let app = spawn_app().await;
     let body = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
-    let first = create(&app, Ver::V2, "OPS_GENIE", &body).await["results"][0]["id"].clone();
+    let first = create(&app, Ver::V2, &body).await["results"][0]["id"].clone();
     let reply = app.client.delete(&app.v2("OPS_GENIE")).await;
     assert_eq!(reply.status.as_u16(), 204);
 
     // Act
-    let second = create(&app, Ver::V2, "OPS_GENIE", &body).await["results"][0]["id"].clone();
+    let second = create(&app, Ver::V2, &body).await["results"][0]["id"].clone();
 
     // Assert
     assert_object_id(second.as_str().expect("id"));
@@ -2557,20 +2176,10 @@ async fn an_id_sent_in_a_body_is_accepted_and_ignored() {
     let sent = "5d791c84ff7a2522cc4f9aa1";
 
     // Act
-    let v2 = create(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"id": sent, "type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-    let v1 = create(
-        &app,
-        Ver::V1,
-        "PAGER_DUTY",
-        &json!({"id": sent, "type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    )
-    .await;
+    let ops_genie = json!({"id": sent, "type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let v2 = create(&app, Ver::V2, &ops_genie).await;
+    let pager_duty = json!({"id": sent, "type": "PAGER_DUTY", "serviceKey": "0123456789"});
+    let v1 = create(&app, Ver::V1, &pager_duty).await;
 
     // Assert
     let id = v2["results"][0]["id"].as_str().expect("id");
@@ -2589,29 +2198,13 @@ async fn an_id_sent_in_a_body_is_accepted_and_ignored() {
 async fn v1_objects_have_no_id_anywhere() {
     // Arrange
     let app = spawn_app().await;
+    let victor_ops = json!({"type": "VICTOR_OPS", "apiKey": "victor8765"});
 
     // Act
-    let post = create(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-    let v1_post = create(
-        &app,
-        Ver::V1,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "victor8765"}),
-    )
-    .await;
-    let v1_put = replace(
-        &app,
-        Ver::V1,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "victor8765"}),
-    )
-    .await;
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let post = create(&app, Ver::V2, &ops_genie).await;
+    let v1_post = create(&app, Ver::V1, &victor_ops).await;
+    let v1_put = replace(&app, Ver::V1, &victor_ops).await;
     let v1_list = get_list(&app, Ver::V1).await;
     let v1_one = get_one(&app, Ver::V1, "OPS_GENIE").await;
 
@@ -2624,57 +2217,21 @@ async fn v1_objects_have_no_id_anywhere() {
 }
 
 #[tokio::test]
-async fn flowdock_is_an_unknown_type_in_v2_paths() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let body = r#"{"type":"FLOWDOCK","flowName":"f","apiToken":"t","orgName":"o"}"#;
-
-    // Act
-    let replies = [
-        app.client.get(&app.v2("FLOWDOCK")).await,
-        app.client.post(&app.v2("FLOWDOCK"), body).await,
-        app.client.put(&app.v2("FLOWDOCK"), body).await,
-        app.client.delete(&app.v2("FLOWDOCK")).await,
-    ];
-
-    // Assert
-    for reply in &replies {
-        assert_invalid_enum(reply, "FLOWDOCK");
-    }
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
 async fn flowdock_created_in_v1_is_left_out_of_v2_lists_and_their_total_count() {
     // Arrange
     let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
-    )
-    .await;
-    create(
-        &app,
-        Ver::V1,
-        "FLOWDOCK",
-        &json!({"type": "FLOWDOCK", "flowName": "f", "apiToken": "t", "orgName": "o"}),
-    )
-    .await;
+    let datadog = json!({"type": "DATADOG", "apiKey": "abcdef0123"});
+    create(&app, Ver::V1, &datadog).await;
+    let flowdock = json!({"type": "FLOWDOCK", "flowName": "f", "apiToken": "t", "orgName": "o"});
+    create(&app, Ver::V1, &flowdock).await;
 
     // Act
-    let post = create(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let post = create(&app, Ver::V2, &ops_genie).await;
     let list = get_list(&app, Ver::V2).await;
     let page2 = ok(&app
         .client
-        .get(&format!("{}?pageNum=2&itemsPerPage=1", app.v2("")))
+        .get(&Ver::V2.path(&app, "?pageNum=2&itemsPerPage=1"))
         .await);
     let v1 = get_list(&app, Ver::V1).await;
 
@@ -2698,31 +2255,17 @@ async fn flowdock_created_in_v1_is_left_out_of_v2_lists_and_their_total_count() 
 async fn both_versions_see_the_same_data() {
     // Arrange
     let app = spawn_app().await;
+    let new_relic = json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"});
 
     // Act
-    create(
-        &app,
-        Ver::V2,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://h.example.com/x", "secret": "s"}),
-    )
-    .await;
-    create(&app, Ver::V1, "NEW_RELIC", &json!({"type": "NEW_RELIC", "licenseKey": "l", "accountId": "a", "writeToken": "w", "readToken": "r"})).await;
-    replace(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://other.example.com/x"}),
-    )
-    .await;
+    let webhook = json!({"type": "WEBHOOK", "url": "https://h.example.com/x", "secret": "s"});
+    create(&app, Ver::V2, &webhook).await;
+    create(&app, Ver::V1, &new_relic).await;
+    let webhook = json!({"type": "WEBHOOK", "url": "https://other.example.com/x"});
+    replace(&app, Ver::V1, &webhook).await;
     let deleted = app.client.delete(&app.v2("NEW_RELIC")).await;
-    create(
-        &app,
-        Ver::V2,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "victor8765"}),
-    )
-    .await;
+    let victor_ops = json!({"type": "VICTOR_OPS", "apiKey": "victor8765"});
+    create(&app, Ver::V2, &victor_ops).await;
 
     // Assert
     assert_eq!(deleted.status.as_u16(), 204);
@@ -2738,7 +2281,7 @@ async fn both_versions_see_the_same_data() {
         results_without_ids(Ver::V2, &get_list(&app, Ver::V2).await),
         expected
     );
-    assert_not_configured(&app.client.get(&app.v1("NEW_RELIC")).await, "NEW_RELIC");
+    AtlasError::NotConfigured("NEW_RELIC").assert(&app.client.get(&app.v1("NEW_RELIC")).await);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2746,368 +2289,176 @@ async fn both_versions_see_the_same_data() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn an_unknown_path_is_404_resource_not_found_naming_the_path() {
-    // Arrange
+async fn an_unknown_path_is_404_resource_not_found_naming_the_path_without_its_query() {
+    // Arrange: (request, the path the error names).
     let app = spawn_app().await;
+    let alerts = format!("/api/atlas/v1.0/groups/{}/alerts", app.group);
+    let cases = [
+        (
+            format!("/api/atlas/v1.0/groups/{}/clusters", app.group),
+            true,
+            None,
+        ),
+        (format!("{}/extra", app.v1("DATADOG")), true, None),
+        (
+            format!("/api/atlas/v3/groups/{}/integrations", app.group),
+            true,
+            None,
+        ),
+        ("/nothing/here".to_owned(), true, None),
+        // an_unknown_path_names_the_path_without_its_query
+        (
+            format!("{alerts}?pretty=false&pageNum=2"),
+            true,
+            Some(alerts.as_str()),
+        ),
+        // an_unknown_path_is_404_even_without_credentials
+        ("/nothing/here".to_owned(), false, None),
+    ];
 
-    for path in [
-        format!("/api/atlas/v1.0/groups/{}/clusters", app.group),
-        format!("{}/extra", app.v1("DATADOG")),
-        format!("/api/atlas/v3/groups/{}/integrations", app.group),
-        "/nothing/here".to_owned(),
-    ] {
+    for (path, signed, named) in &cases {
+        let _case = Case::new(format_args!("GET {path} signed={signed}"));
+        let call = Call::new(Method::GET, path.as_str(), None);
+        let call = if *signed { call } else { call.anonymous() };
+
         // Act
-        let reply = app.client.get(&path).await;
+        let reply = call.send(&app).await;
 
         // Assert
-        assert_atlas_error(
-            &reply,
-            404,
-            "RESOURCE_NOT_FOUND",
-            &[&path],
-            &format!("Cannot find resource {path}."),
-        );
+        AtlasError::ResourceNotFound(named.unwrap_or(path)).assert(&reply);
     }
 }
 
 #[tokio::test]
-async fn an_unknown_path_names_the_path_without_its_query() {
-    // Arrange
-    let app = spawn_app().await;
-    let path = format!("/api/atlas/v1.0/groups/{}/alerts", app.group);
-
-    // Act
-    let reply = app
-        .client
-        .get(&format!("{path}?pretty=false&pageNum=2"))
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        404,
-        "RESOURCE_NOT_FOUND",
-        &[&path],
-        &format!("Cannot find resource {path}."),
-    );
-}
-
-#[tokio::test]
-async fn an_unknown_path_is_404_even_without_credentials() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::GET,
-        "/nothing/here",
-        None,
-        &[],
-        None,
-    )
-    .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        404,
-        "RESOURCE_NOT_FOUND",
-        &["/nothing/here"],
-        "Cannot find resource /nothing/here.",
-    );
-}
-
-#[tokio::test]
-async fn patch_on_an_integration_is_405_with_an_allow_header() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .send(
-            Method::PATCH,
-            &app.v1("DATADOG"),
-            Some(r#"{"type":"DATADOG","apiKey":"ff"}"#),
-            &[],
-        )
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        405,
-        "METHOD_NOT_ALLOWED",
-        &["PATCH"],
-        "Method PATCH is not allowed on this resource.",
-    );
-    let allow = reply.header("allow").expect("an Allow header");
-    let mut methods: Vec<&str> = allow.split(',').map(str::trim).collect();
-    methods.sort_unstable();
-    assert_eq!(methods, vec!["DELETE", "GET", "POST", "PUT"]);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn writes_on_the_list_path_are_405_allowing_only_get() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
+async fn a_wrong_method_is_405_with_an_allow_header_even_without_credentials() {
+    // Arrange: (request, the methods its Allow header names).
+    let one: &[&str] = &["DELETE", "GET", "POST", "PUT"];
+    let datadog = r#"{"type":"DATADOG","apiKey":"ff"}"#;
+    let patch = |version: Ver, body: Option<&str>| {
+        let path = version.path_in("{group}", "DATADOG");
+        Call::new(Method::PATCH, path, body.map(str::to_owned))
+    };
+    let mut cases = vec![
+        // patch_on_an_integration_is_405_with_an_allow_header
+        (patch(Ver::V1, Some(datadog)), one),
+        // a_wrong_method_is_405_even_without_credentials
+        (patch(Ver::V2, None).anonymous(), one),
+    ];
+    // writes_on_the_list_path_are_405_allowing_only_get
     for method in [Method::POST, Method::PUT, Method::DELETE] {
-        // Act
-        let reply = app
-            .client
-            .send(
-                method.clone(),
-                &app.v1(""),
-                Some(r#"{"type":"DATADOG","apiKey":"ff"}"#),
-                &[],
-            )
-            .await;
-
-        // Assert
-        let detail = format!("Method {method} is not allowed on this resource.");
-        assert_atlas_error(
-            &reply,
-            405,
-            "METHOD_NOT_ALLOWED",
-            &[method.as_str()],
-            &detail,
+        let call = Call::new(
+            method,
+            Ver::V1.path_in("{group}", ""),
+            Some(datadog.to_owned()),
         );
-        assert_eq!(reply.header("allow").as_deref(), Some("GET"));
+        cases.push((call, &["GET"]));
     }
-    assert_unchanged(&app, &before).await;
-}
+    let (app, before) = app_with_datadog().await;
 
-#[tokio::test]
-async fn a_wrong_method_is_405_even_without_credentials() {
-    // Arrange
-    let app = spawn_app().await;
+    for (call, allowed) in &cases {
+        let _case = Case::new(call);
 
-    // Act
-    let reply = send_raw(
-        app.client.raw(),
-        &app.base,
-        Method::PATCH,
-        &app.v2("DATADOG"),
-        None,
-        &[],
-        None,
-    )
-    .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        405,
-        "METHOD_NOT_ALLOWED",
-        &["PATCH"],
-        "Method PATCH is not allowed on this resource.",
-    );
-    assert!(reply.header("allow").is_some());
-}
-
-#[tokio::test]
-async fn a_group_id_that_is_not_24_lowercase_hex_is_404_invalid_group_id() {
-    // Arrange
-    let app = spawn_app().await;
-
-    for group in [
-        "xyz",
-        "5D791C84FF7A2522CC4F9AA1",
-        "5d791c84ff7a2522cc4f9aa",
-        "5d791c84ff7a2522cc4f9aa1f",
-        "5d791c84ff7a2522cc4f9aag",
-    ] {
         // Act
-        let reply = app
-            .client
-            .get(&format!("/api/atlas/v1.0/groups/{group}/integrations"))
-            .await;
+        let reply = call.send(&app).await;
 
         // Assert
-        assert_atlas_error(
-            &reply,
-            404,
-            "INVALID_GROUP_ID",
-            &[group],
-            &format!("An invalid group ID {group} was specified."),
-        );
+        AtlasError::MethodNotAllowed(call.method.as_str()).assert(&reply);
+        let allow = reply.header("allow").expect("an Allow header");
+        let mut methods: Vec<&str> = allow.split(',').map(str::trim).collect();
+        methods.sort_unstable();
+        assert_eq!(methods, *allowed, "Allow: {allow}");
+        assert_unchanged(&app, &before).await;
     }
 }
 
+/// `{"a":{"a":...1...}}` with `depth` objects (the top-level object is level 1), inside a
+/// valid Datadog body.
+fn nested_body(depth: usize) -> String {
+    let inner = format!("{}1{}", r#"{"a":"#.repeat(depth - 1), "}".repeat(depth - 1));
+    format!(r#"{{"type":"DATADOG","apiKey":"abcdef","a":{inner}}}"#)
+}
+
 #[tokio::test]
-async fn a_well_formed_group_id_that_does_not_exist_is_401_not_in_group() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app
-        .client
-        .get("/api/atlas/v1.0/groups/000000000000000000000000/integrations")
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        401,
-        "NOT_IN_GROUP",
-        &[],
-        "The current user is not in the group, or the group does not exist.",
+async fn bodies_that_are_not_one_json_object_within_the_limits_are_refused() {
+    use AtlasError::*;
+    use Ver::V1;
+    let head = r#"{"type":"DATADOG","apiKey":""#;
+    let tail = r#""}"#;
+    let at_limit = format!(
+        "{head}{}{tail}",
+        "a".repeat(65_536 - head.len() - tail.len())
     );
-}
-
-#[tokio::test]
-async fn an_unknown_type_in_the_path_is_400_invalid_enum_value() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let get = app.client.get(&app.v1("FOO")).await;
-    let post = app.client.post(&app.v1("FOO"), r#"{"type":"FOO"}"#).await;
-    let delete = app.client.delete(&app.v2("FOO")).await;
-
-    // Assert
-    assert_invalid_enum(&get, "FOO");
-    assert_invalid_enum(&post, "FOO");
-    assert_invalid_enum(&delete, "FOO");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_lowercase_type_in_the_path_is_an_unknown_type() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let get = app.client.get(&app.v1("datadog")).await;
-    let put = app
-        .client
-        .put(&app.v1("datadog"), r#"{"type":"DATADOG","apiKey":"ff"}"#)
-        .await;
-
-    // Assert
-    assert_invalid_enum(&get, "datadog");
-    assert_invalid_enum(&put, "datadog");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn hip_chat_is_400_hipchat_not_supported() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let post = app
-        .client
-        .post(
-            &app.v1("HIP_CHAT"),
-            r#"{"type":"HIP_CHAT","notificationToken":"t","roomName":"r"}"#,
-        )
-        .await;
-    let get = app.client.get(&app.v2("HIP_CHAT")).await;
-
-    // Assert
-    let detail = "HipChat integration is only supported for Ops Manager projects.";
-    assert_atlas_error(&post, 400, "HIPCHAT_NOT_SUPPORTED", &[], detail);
-    assert_atlas_error(&get, 400, "HIPCHAT_NOT_SUPPORTED", &[], detail);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn an_empty_body_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let post = app.client.post(&app.v1("OPS_GENIE"), "").await;
-    let put = app.client.put(&app.v1("DATADOG"), "").await;
-
-    // Assert
-    assert_malformed(&post);
-    assert_malformed(&put);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_put_without_any_body_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .send(Method::PUT, &app.v1("DATADOG"), None, &[])
-        .await;
-
-    // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_json_array_body_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"[{"type":"DATADOG","apiKey":"ff"}]"#)
-        .await;
-
-    // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_json_string_or_null_body_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
+    assert_eq!(at_limit.len(), 65_536);
+    let too_large = format!(r#"{{"type":"DATADOG","apiKey":"{}"}}"#, "a".repeat(70_000));
+    let put_datadog = |body: &str| put(V1, "DATADOG", body);
+    let mut cases = vec![
+        (
+            "an_empty_body_is_malformed_json",
+            post(V1, "OPS_GENIE", ""),
+            MalformedJson,
+        ),
+        (
+            "an_empty_body_is_malformed_json",
+            put_datadog(""),
+            MalformedJson,
+        ),
+        (
+            "a_put_without_any_body_is_malformed_json",
+            Call::new(Method::PUT, V1.path_in("{group}", "DATADOG"), None),
+            MalformedJson,
+        ),
+        (
+            "a_json_array_body_is_malformed_json",
+            put_datadog(r#"[{"type":"DATADOG","apiKey":"ff"}]"#),
+            MalformedJson,
+        ),
+        (
+            "a_truncated_json_body_is_malformed_json",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"ff""#),
+            MalformedJson,
+        ),
+        (
+            "trailing_data_after_the_json_object_is_malformed_json",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"ff"} {}"#),
+            MalformedJson,
+        ),
+        (
+            "a_body_nested_65_levels_deep_is_malformed_json",
+            put_datadog(&nested_body(65)),
+            MalformedJson,
+        ),
+        // It gets past the parser, to the unknown attribute `a`.
+        (
+            "a_body_nested_64_levels_deep_is_parsed",
+            put_datadog(&nested_body(64)),
+            InvalidAttribute("a"),
+        ),
+        (
+            "a_body_over_65536_bytes_is_413_request_body_too_large",
+            put_datadog(&too_large),
+            TooLarge,
+        ),
+        (
+            "a_body_of_exactly_65536_bytes_is_read",
+            put_datadog(&at_limit),
+            Settings("DATADOG", "apiKey must be at most 4096 bytes"),
+        ),
+        (
+            "a_body_of_exactly_65536_bytes_is_read",
+            put_datadog(&format!("{at_limit} ")),
+            TooLarge,
+        ),
+    ];
     for body in [r#""x""#, "null", "42", "true"] {
-        // Act
-        let reply = app.client.put(&app.v1("DATADOG"), body).await;
-
-        // Assert
-        assert_malformed(&reply);
+        cases.push((
+            "a_json_string_or_null_body_is_malformed_json",
+            put_datadog(body),
+            MalformedJson,
+        ));
     }
-    assert_unchanged(&app, &before).await;
-}
 
-#[tokio::test]
-async fn a_truncated_json_body_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","apiKey":"ff""#)
-        .await;
-
-    // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn trailing_data_after_the_json_object_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","apiKey":"ff"} {}"#)
-        .await;
-
-    // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 #[tokio::test]
@@ -3122,732 +2473,225 @@ async fn a_body_that_is_not_utf8_is_malformed_json() {
     let reply = send_bytes(&app, Method::POST, &app.v1("OPS_GENIE"), body).await;
 
     // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-/// `{"a":{"a":...1...}}` with `depth` objects (the top-level object is level 1), inside a
-/// valid Datadog body.
-fn nested_body(depth: usize) -> String {
-    let inner = format!("{}1{}", r#"{"a":"#.repeat(depth - 1), "}".repeat(depth - 1));
-    format!(r#"{{"type":"DATADOG","apiKey":"abcdef","a":{inner}}}"#)
-}
-
-#[tokio::test]
-async fn a_body_nested_65_levels_deep_is_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app.client.put(&app.v1("DATADOG"), &nested_body(65)).await;
-
-    // Assert
-    assert_malformed(&reply);
+    AtlasError::MalformedJson.assert(&reply);
     assert_unchanged(&app, &before).await;
 }
 
 #[tokio::test]
-async fn a_body_nested_64_levels_deep_is_parsed() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app.client.put(&app.v1("DATADOG"), &nested_body(64)).await;
-
-    // Assert: it got past the parser, to the unknown attribute `a`.
-    assert_invalid_attribute(&reply, "a");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_body_over_65536_bytes_is_413_request_body_too_large() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let body = format!(r#"{{"type":"DATADOG","apiKey":"{}"}}"#, "a".repeat(70_000));
-
-    // Act
-    let reply = app.client.put(&app.v1("DATADOG"), &body).await;
-
-    // Assert
-    assert_too_large(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_body_of_exactly_65536_bytes_is_read() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let head = r#"{"type":"DATADOG","apiKey":""#;
-    let tail = r#""}"#;
-    let body = format!(
-        "{head}{}{tail}",
-        "a".repeat(65_536 - head.len() - tail.len())
-    );
-    assert_eq!(body.len(), 65_536);
-
-    // Act
-    let at_limit = app.client.put(&app.v1("DATADOG"), &body).await;
-    let over = app
-        .client
-        .put(&app.v1("DATADOG"), &format!("{body} "))
-        .await;
-
-    // Assert
-    assert_settings(&at_limit, "DATADOG", "apiKey must be at most 4096 bytes");
-    assert_too_large(&over);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_type_in_the_body_that_differs_from_the_path_is_invalid_attribute_type() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
+async fn attributes_that_break_the_contracts_rules_are_refused() {
+    use AtlasError::*;
+    use Ver::{V1, V2};
+    let put_datadog = |body: &str| put(V1, "DATADOG", body);
+    let bytes_4096 = "apiKey must be at most 4096 bytes";
+    let mut cases = vec![
+        (
+            "an_unknown_field_is_invalid_attribute_naming_it",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"abcdef","colour":"red"}"#),
+            InvalidAttribute("colour"),
+        ),
+        (
+            "a_field_of_another_type_is_invalid_attribute",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"abcdef","serviceKey":"x"}"#),
+            InvalidAttribute("serviceKey"),
+        ),
+        (
+            "scheme_is_an_unknown_field_outside_prometheus",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"abcdef","scheme":"https"}"#),
+            InvalidAttribute("scheme"),
+        ),
+        (
+            "a_number_where_a_string_is_expected_is_invalid_json_attribute",
+            put_datadog(r#"{"type":"DATADOG","apiKey":1234567890}"#),
+            InvalidJsonAttribute("apiKey"),
+        ),
+        (
+            "a_non_string_enum_value_is_invalid_json_attribute",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"abcdef","region":["US"]}"#),
+            InvalidJsonAttribute("region"),
+        ),
+        (
+            "a_missing_required_field_is_missing_attribute",
+            put_datadog(r#"{"type":"DATADOG","region":"US"}"#),
+            MissingAttribute("apiKey"),
+        ),
+        (
+            "a_null_required_field_counts_as_missing",
+            put_datadog(r#"{"type":"DATADOG","apiKey":null}"#),
+            MissingAttribute("apiKey"),
+        ),
+        (
+            "an_empty_required_string_breaks_the_type_rule",
+            put_datadog(r#"{"type":"DATADOG","apiKey":""}"#),
+            Settings("DATADOG", "apiKey must not be empty"),
+        ),
+        (
+            "an_empty_required_string_breaks_the_type_rule",
+            post(V2, "OPS_GENIE", r#"{"type":"OPS_GENIE","apiKey":""}"#),
+            Settings("OPS_GENIE", "apiKey must not be empty"),
+        ),
+        (
+            "a_string_over_4096_bytes_breaks_the_type_rule",
+            put(
+                V1,
+                "DATADOG",
+                json!({"type": "DATADOG", "apiKey": "a".repeat(4097)}),
+            ),
+            Settings("DATADOG", bytes_4096),
+        ),
+        (
+            // 2049 two-byte characters: 4098 bytes, under 4096 characters.
+            "a_string_over_4096_bytes_breaks_the_type_rule",
+            post(
+                V1,
+                "OPS_GENIE",
+                json!({"type": "OPS_GENIE", "apiKey": "é".repeat(2049)}),
+            ),
+            Settings("OPS_GENIE", bytes_4096),
+        ),
+    ];
     for kind in ["SLACK", "datadog", "FOO"] {
-        // Act
-        let body = json!({"type": kind, "apiKey": "abcdef"});
-        let reply = app.client.put(&app.v1("DATADOG"), &body.to_string()).await;
-
-        // Assert
-        assert_invalid_attribute(&reply, "type");
+        let call = put(V1, "DATADOG", json!({"type": kind, "apiKey": "abcdef"}));
+        let name = "a_type_in_the_body_that_differs_from_the_path_is_invalid_attribute_type";
+        cases.push((name, call, InvalidAttribute("type")));
     }
-    assert_unchanged(&app, &before).await;
-}
 
-#[tokio::test]
-async fn a_body_without_type_takes_the_path_type() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let v1 = create(&app, Ver::V1, "OPS_GENIE", &json!({"apiKey": "opsgen4321"})).await;
-    let v2 = create(
-        &app,
-        Ver::V2,
-        "VICTOR_OPS",
-        &json!({"apiKey": "victor8765"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        v1["results"],
-        json!([{"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"}])
-    );
-    assert_eq!(
-        results_without_ids(Ver::V2, &v2),
-        vec![
-            json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"}),
-            json!({"type": "VICTOR_OPS", "apiKey": "******8765"}),
-        ]
-    );
-}
-
-#[tokio::test]
-async fn an_unknown_field_is_invalid_attribute_naming_it() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef","colour":"red"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_attribute(&reply, "colour");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_field_of_another_type_is_invalid_attribute() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef","serviceKey":"x"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_attribute(&reply, "serviceKey");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn scheme_is_an_unknown_field_outside_prometheus() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef","scheme":"https"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_attribute(&reply, "scheme");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn datadog_switches_sent_false_in_v1_are_accepted_and_not_shown() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123", "sendQueryStatsMetrics": false}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "DATADOG", "apiKey": "******0123", "region": "US"}])
-    );
-}
-
-#[tokio::test]
-async fn a_number_where_a_string_is_expected_is_invalid_json_attribute() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":1234567890}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&reply, "apiKey");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_non_string_enum_value_is_invalid_json_attribute() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"abcdef","region":["US"]}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&reply, "region");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_missing_required_field_is_missing_attribute() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","region":"US"}"#)
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        400,
-        "MISSING_ATTRIBUTE",
-        &["apiKey"],
-        "The required attribute apiKey was not specified.",
-    );
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_null_required_field_counts_as_missing() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","apiKey":null}"#)
-        .await;
-
-    // Assert
-    assert_missing(&reply, "apiKey");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_null_optional_field_counts_as_absent() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://h.example.com/x", "secret": null}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "WEBHOOK", "url": "https://h.example.com/****"}])
-    );
-}
-
-#[tokio::test]
-async fn a_null_type_counts_as_absent() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": null, "apiKey": "opsgen4321"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"],
-        json!([{"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"}])
-    );
-}
-
-#[tokio::test]
-async fn an_empty_required_string_breaks_the_type_rule() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let datadog = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","apiKey":""}"#)
-        .await;
-    let ops_genie = app
-        .client
-        .post(&app.v2("OPS_GENIE"), r#"{"type":"OPS_GENIE","apiKey":""}"#)
-        .await;
-
-    // Assert
-    assert_settings(&datadog, "DATADOG", "apiKey must not be empty");
-    assert_settings(&ops_genie, "OPS_GENIE", "apiKey must not be empty");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_string_of_4096_bytes_is_accepted() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let list = create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "k".repeat(4096)}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(
-        list["results"][0]["apiKey"],
-        format!("{}kkkk", "*".repeat(4092))
-    );
-}
-
-#[tokio::test]
-async fn a_string_over_4096_bytes_breaks_the_type_rule() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let datadog = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            &json!({"type": "DATADOG", "apiKey": "a".repeat(4097)}).to_string(),
-        )
-        .await;
-    // 2049 two-byte characters: 4098 bytes, under 4096 characters.
-    let ops_genie = app
-        .client
-        .post(
-            &app.v1("OPS_GENIE"),
-            &json!({"type": "OPS_GENIE", "apiKey": "é".repeat(2049)}).to_string(),
-        )
-        .await;
-
-    // Assert
-    assert_settings(&datadog, "DATADOG", "apiKey must be at most 4096 bytes");
-    assert_settings(&ops_genie, "OPS_GENIE", "apiKey must be at most 4096 bytes");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_refused_put_leaves_the_stored_secret_as_it_was() {
-    // Arrange
-    let (app, _) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"fedcba9876","region":"XX"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "XX");
-    assert_eq!(
-        stored_secret(&app, "DATADOG", "apiKey").await.as_deref(),
-        Some("abcdef0123")
-    );
-    assert_eq!(
-        stored_config(&app, "DATADOG").await.str("region"),
-        Some("EU")
-    );
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 // --- precedence (§3: the first applicable error in the contract's order wins) ---
 
 #[tokio::test]
-async fn an_unknown_field_wins_over_a_missing_field() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
+async fn the_first_applicable_error_in_the_contracts_order_wins() {
+    use AtlasError::*;
+    use Ver::V1;
+    let put_datadog = |body: &str| put(V1, "DATADOG", body);
+    let post_prometheus = |body: &str| post(V1, "PROMETHEUS", body);
+    let too_large = format!(r#"{{"type":"DATADOG","apiKey":"{}"}}"#, "a".repeat(70_000));
+    let hex = "apiKey must be a hexadecimal string";
+    // Among fields, JSON order is the reverse of the table's.
+    let order = "among_fields_the_first_in_the_contracts_table_order_wins";
+    let cases = [
+        (
+            "an_unknown_field_wins_over_a_missing_field",
+            put_datadog(r#"{"type":"DATADOG","colour":"red"}"#),
+            InvalidAttribute("colour"),
+        ),
+        (
+            "a_type_mismatch_wins_over_an_unknown_field",
+            put_datadog(r#"{"colour":"red","type":"SLACK"}"#),
+            InvalidAttribute("type"),
+        ),
+        (
+            "a_wrong_json_type_wins_over_a_missing_field",
+            post_prometheus(r#"{"type":"PROMETHEUS","enabled":"yes"}"#),
+            InvalidJsonAttribute("enabled"),
+        ),
+        (
+            "a_missing_field_wins_over_a_bad_enum_value",
+            post(V1, "PAGER_DUTY", r#"{"type":"PAGER_DUTY","region":"XX"}"#),
+            MissingAttribute("serviceKey"),
+        ),
+        (
+            "a_bad_enum_value_wins_over_a_broken_type_rule",
+            put_datadog(r#"{"type":"DATADOG","apiKey":"not-hex","region":"XX"}"#),
+            InvalidEnumValue("XX"),
+        ),
+        (
+            "a_broken_type_rule_wins_over_the_409_of_an_existing_type",
+            post(V1, "DATADOG", r#"{"type":"DATADOG","apiKey":"not-hex"}"#),
+            Settings("DATADOG", hex),
+        ),
+        (
+            order,
+            post_prometheus(r#"{"enabled":"yes","username":5}"#),
+            InvalidJsonAttribute("username"),
+        ),
+        (
+            order,
+            post_prometheus(r#"{"enabled":true}"#),
+            MissingAttribute("username"),
+        ),
+        (
+            order,
+            post_prometheus(
+                r#"{"serviceDiscovery":"dns","username":"u","password":"p","enabled":true}"#,
+            ),
+            InvalidEnumValue("dns"),
+        ),
+        (
+            order,
+            post(V1, "NEW_RELIC", r#"{"readToken":"r","writeToken":"w"}"#),
+            MissingAttribute("licenseKey"),
+        ),
+        (
+            "a_bad_group_id_wins_over_an_unknown_type",
+            Call::new(
+                Method::GET,
+                "/api/atlas/v1.0/groups/xyz/integrations/FOO",
+                None,
+            ),
+            InvalidGroupId("xyz"),
+        ),
+        (
+            "a_bad_v2_version_wins_over_a_bad_group_id",
+            Call::new(Method::GET, "/api/atlas/v2/groups/xyz/integrations", None)
+                .header("accept", "application/json"),
+            InvalidVersionDate,
+        ),
+        (
+            "project_access_wins_over_an_unknown_type",
+            Call::new(
+                Method::GET,
+                path("v1.0", "000000000000000000000000", "FOO"),
+                None,
+            ),
+            NotInGroup,
+        ),
+        (
+            "an_unknown_type_wins_over_a_bad_query_and_a_bad_body",
+            post(V1, "FOO?itemsPerPage=0", "{"),
+            InvalidEnumValue("FOO"),
+        ),
+        (
+            "a_bad_query_parameter_wins_over_a_bad_body",
+            put(V1, "DATADOG?itemsPerPage=0", "{"),
+            InvalidQueryParameter("itemsPerPage"),
+        ),
+        (
+            "a_bad_query_parameter_wins_over_a_bad_body",
+            post(V1, "OPS_GENIE?pageNum=0", r#"{"colour":"red"}"#),
+            InvalidQueryParameter("pageNum"),
+        ),
+        (
+            "a_bad_query_parameter_wins_over_an_oversized_body",
+            put(V1, "DATADOG?pretty=1", &too_large),
+            InvalidQueryParameter("pretty"),
+        ),
+        (
+            "an_oversized_body_wins_over_malformed_json",
+            put_datadog(&"{".repeat(70_000)),
+            TooLarge,
+        ),
+        (
+            "malformed_json_wins_over_a_type_mismatch",
+            put_datadog(r#"{"type":"SLACK","apiKey":}"#),
+            MalformedJson,
+        ),
+        (
+            "the_409_comes_only_after_every_body_check",
+            post(V1, "DATADOG", r#"{"type":"DATADOG"}"#),
+            MissingAttribute("apiKey"),
+        ),
+        (
+            "the_409_comes_only_after_every_body_check",
+            post(V1, "DATADOG", r#"{"type":"DATADOG","apiKey":"ff","x":1}"#),
+            InvalidAttribute("x"),
+        ),
+    ];
 
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"DATADOG","colour":"red"}"#)
-        .await;
-
-    // Assert
-    assert_invalid_attribute(&reply, "colour");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_type_mismatch_wins_over_an_unknown_field() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"colour":"red","type":"SLACK"}"#)
-        .await;
-
-    // Assert
-    assert_invalid_attribute(&reply, "type");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_wrong_json_type_wins_over_a_missing_field() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("PROMETHEUS"),
-            r#"{"type":"PROMETHEUS","enabled":"yes"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&reply, "enabled");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_missing_field_wins_over_a_bad_enum_value() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("PAGER_DUTY"),
-            r#"{"type":"PAGER_DUTY","region":"XX"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&reply, "serviceKey");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_bad_enum_value_wins_over_a_broken_type_rule() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"not-hex","region":"XX"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "XX");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_broken_type_rule_wins_over_the_409_of_an_existing_type() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"not-hex"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_settings(&reply, "DATADOG", "apiKey must be a hexadecimal string");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn among_fields_the_first_in_the_contracts_table_order_wins() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act: JSON order is the reverse of the table's.
-    let wrong_types = app
-        .client
-        .post(&app.v1("PROMETHEUS"), r#"{"enabled":"yes","username":5}"#)
-        .await;
-    let missing = app
-        .client
-        .post(&app.v1("PROMETHEUS"), r#"{"enabled":true}"#)
-        .await;
-    let enums = app
-        .client
-        .post(
-            &app.v1("PROMETHEUS"),
-            r#"{"serviceDiscovery":"dns","username":"u","password":"p","enabled":true}"#,
-        )
-        .await;
-    let new_relic = app
-        .client
-        .post(
-            &app.v1("NEW_RELIC"),
-            r#"{"readToken":"r","writeToken":"w"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_json_attribute(&wrong_types, "username");
-    assert_missing(&missing, "username");
-    assert_invalid_enum(&enums, "dns");
-    assert_missing(&new_relic, "licenseKey");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_bad_group_id_wins_over_an_unknown_type() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app
-        .client
-        .get("/api/atlas/v1.0/groups/xyz/integrations/FOO")
-        .await;
-
-    // Assert
-    assert_atlas_error(
-        &reply,
-        404,
-        "INVALID_GROUP_ID",
-        &["xyz"],
-        "An invalid group ID xyz was specified.",
-    );
-}
-
-#[tokio::test]
-async fn a_bad_v2_version_wins_over_a_bad_group_id() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app
-        .client
-        .send(
-            Method::GET,
-            "/api/atlas/v2/groups/xyz/integrations",
-            None,
-            &[("accept", "application/json")],
-        )
-        .await;
-
-    // Assert
-    assert_version_date(&reply);
-}
-
-#[tokio::test]
-async fn project_access_wins_over_an_unknown_type() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app
-        .client
-        .get("/api/atlas/v1.0/groups/000000000000000000000000/integrations/FOO")
-        .await;
-
-    // Assert
-    assert_eq!(reply.status.as_u16(), 401, "body: {}", reply.text);
-    reply.assert_error(401, "NOT_IN_GROUP", &[]);
-}
-
-#[tokio::test]
-async fn an_unknown_type_wins_over_a_bad_query_and_a_bad_body() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .post(&format!("{}?itemsPerPage=0", app.v1("FOO")), "{")
-        .await;
-
-    // Assert
-    assert_invalid_enum(&reply, "FOO");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_bad_query_parameter_wins_over_a_bad_body() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let malformed = app
-        .client
-        .put(&format!("{}?itemsPerPage=0", app.v1("DATADOG")), "{")
-        .await;
-    let unknown_field = app
-        .client
-        .post(
-            &format!("{}?pageNum=0", app.v1("OPS_GENIE")),
-            r#"{"colour":"red"}"#,
-        )
-        .await;
-
-    // Assert
-    assert_invalid_query(&malformed, "itemsPerPage");
-    assert_invalid_query(&unknown_field, "pageNum");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn a_bad_query_parameter_wins_over_an_oversized_body() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let body = format!(r#"{{"type":"DATADOG","apiKey":"{}"}}"#, "a".repeat(70_000));
-
-    // Act
-    let reply = app
-        .client
-        .put(&format!("{}?pretty=1", app.v1("DATADOG")), &body)
-        .await;
-
-    // Assert
-    assert_invalid_query(&reply, "pretty");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn an_oversized_body_wins_over_malformed_json() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-    let body = "{".repeat(70_000);
-
-    // Act
-    let reply = app.client.put(&app.v1("DATADOG"), &body).await;
-
-    // Assert
-    assert_too_large(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn malformed_json_wins_over_a_type_mismatch() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let reply = app
-        .client
-        .put(&app.v1("DATADOG"), r#"{"type":"SLACK","apiKey":}"#)
-        .await;
-
-    // Assert
-    assert_malformed(&reply);
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn the_409_comes_only_after_every_body_check() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let missing = app
-        .client
-        .post(&app.v1("DATADOG"), r#"{"type":"DATADOG"}"#)
-        .await;
-    let unknown = app
-        .client
-        .post(
-            &app.v1("DATADOG"),
-            r#"{"type":"DATADOG","apiKey":"ff","x":1}"#,
-        )
-        .await;
-
-    // Assert
-    assert_missing(&missing, "apiKey");
-    assert_invalid_attribute(&unknown, "x");
-    assert_unchanged(&app, &before).await;
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3857,57 +2701,138 @@ async fn the_409_comes_only_after_every_body_check() {
 /// Five integrations, created in this order.
 const FIVE: [&str; 5] = ["WEBHOOK", "DATADOG", "SLACK", "OPS_GENIE", "PAGER_DUTY"];
 
-async fn create_five(app: &TestApp) {
-    let bodies = [
+/// A project with the [`FIVE`] integrations.
+async fn app_with_five() -> TestApp {
+    let app = spawn_app().await;
+    for body in [
         json!({"type": "WEBHOOK", "url": "https://h.example.com/x"}),
         json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
         json!({"type": "SLACK", "apiToken": "xoxb-12345", "teamName": "t"}),
         json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
         json!({"type": "PAGER_DUTY", "serviceKey": "0123456789"}),
-    ];
-    for (kind, body) in FIVE.iter().zip(&bodies) {
-        create(app, Ver::V1, kind, body).await;
+    ] {
+        create(&app, Ver::V1, &body).await;
     }
+    app
 }
 
 #[tokio::test]
-async fn pages_of_two_over_five_integrations_have_exact_links() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-    let list = app.v1("");
-    let page = |n: u64| href(&app, &list, n, 2);
+async fn pages_list_the_right_types_with_exact_links_and_count() {
+    use Ver::{V1, V2};
+    // Arrange: (request, the types it lists, its links as (rel, pageNum, itemsPerPage), its
+    // totalCount if it has one).
+    let app = app_with_five().await;
+    let victor_ops = r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#;
+    type Row<'a> = (Call, &'a [&'a str], &'a [(&'a str, u64, u64)], Option<u64>);
+    let cases: Vec<Row<'_>> = vec![
+        // pages_of_two_over_five_integrations_have_exact_links
+        (
+            get(V1, "?pageNum=1&itemsPerPage=2"),
+            &["WEBHOOK", "DATADOG"],
+            &[("self", 1, 2), ("next", 2, 2)],
+            Some(5),
+        ),
+        (
+            get(V1, "?pageNum=2&itemsPerPage=2"),
+            &["SLACK", "OPS_GENIE"],
+            &[("self", 2, 2), ("previous", 1, 2), ("next", 3, 2)],
+            Some(5),
+        ),
+        (
+            get(V1, "?pageNum=3&itemsPerPage=2"),
+            &["PAGER_DUTY"],
+            &[("self", 3, 2), ("previous", 2, 2)],
+            Some(5),
+        ),
+        // a_page_past_the_last_is_200_with_no_results
+        (
+            get(V1, "?pageNum=4&itemsPerPage=2"),
+            &[],
+            &[("self", 4, 2), ("previous", 3, 2)],
+            Some(5),
+        ),
+        (
+            get(V1, "?pageNum=1000"),
+            &[],
+            &[("self", 1000, 100), ("previous", 999, 100)],
+            Some(5),
+        ),
+        // an_exact_last_page_has_no_next_link
+        (
+            get(V1, "?itemsPerPage=5"),
+            &FIVE,
+            &[("self", 1, 5)],
+            Some(5),
+        ),
+        // the_largest_page_size_is_500
+        (
+            get(V1, "?itemsPerPage=500"),
+            &FIVE,
+            &[("self", 1, 500)],
+            Some(5),
+        ),
+        // unknown_query_parameters_are_ignored_and_left_out_of_links
+        (
+            get(V1, "?foo=bar&itemsPerPage=3&pretty=false&includeCount=true"),
+            &["WEBHOOK", "DATADOG", "SLACK"],
+            &[("self", 1, 3), ("next", 2, 3)],
+            Some(5),
+        ),
+        // include_count_false_omits_total_count
+        (
+            get(V1, "?includeCount=false"),
+            &FIVE,
+            &[("self", 1, 100)],
+            None,
+        ),
+        (
+            get(V2, "?includeCount=true"),
+            &FIVE,
+            &[("self", 1, 100)],
+            Some(5),
+        ),
+        // paging_applies_to_the_post_and_put_lists
+        (
+            post(V1, "VICTOR_OPS?pageNum=3&itemsPerPage=2", victor_ops),
+            &["PAGER_DUTY", "VICTOR_OPS"],
+            &[("self", 3, 2), ("previous", 2, 2)],
+            Some(6),
+        ),
+        (
+            put(
+                V1,
+                "VICTOR_OPS?itemsPerPage=4&includeCount=false",
+                victor_ops,
+            ),
+            &["WEBHOOK", "DATADOG", "SLACK", "OPS_GENIE"],
+            &[("self", 1, 4), ("next", 2, 4)],
+            None,
+        ),
+    ];
 
-    // Act
-    let mut pages = Vec::new();
-    for n in 1..=3 {
-        pages.push(ok(&app
-            .client
-            .get(&format!("{list}?pageNum={n}&itemsPerPage=2"))
-            .await));
-    }
+    for (call, listed, link_pages, total) in &cases {
+        let _case = Case::new(call);
+        let path = call.path(&app);
+        let path = path.split_once('?').map_or(path.as_str(), |(path, _)| path);
 
-    // Assert
-    assert_eq!(types(&pages[0]), vec!["WEBHOOK", "DATADOG"]);
-    assert_eq!(
-        links(&pages[0]),
-        link_map(&[("self", page(1)), ("next", page(2))])
-    );
-    assert_eq!(types(&pages[1]), vec!["SLACK", "OPS_GENIE"]);
-    assert_eq!(
-        links(&pages[1]),
-        link_map(&[("self", page(2)), ("previous", page(1)), ("next", page(3))])
-    );
-    assert_eq!(types(&pages[2]), vec!["PAGER_DUTY"]);
-    assert_eq!(
-        links(&pages[2]),
-        link_map(&[("self", page(3)), ("previous", page(2))])
-    );
-    for body in &pages {
-        assert_eq!(body["totalCount"], 5);
+        // Act
+        let body = ok(&call.send(&app).await);
+
+        // Assert
+        assert_eq!(types(&body), *listed, "types");
+        let expected: BTreeMap<String, String> = link_pages
+            .iter()
+            .map(|(rel, page, per)| ((*rel).to_owned(), href(&app, path, *page, *per)))
+            .collect();
+        assert_eq!(links(&body), expected, "links");
+        assert_eq!(
+            body.get("totalCount"),
+            total.map(Value::from).as_ref(),
+            "totalCount"
+        );
     }
     assert_eq!(
-        page(2),
+        href(&app, &app.v1(""), 2, 2),
         format!(
             "http://127.0.0.1:{}/api/atlas/v1.0/groups/{}/integrations?pageNum=2&itemsPerPage=2",
             app.addr.port(),
@@ -3917,159 +2842,36 @@ async fn pages_of_two_over_five_integrations_have_exact_links() {
 }
 
 #[tokio::test]
-async fn a_page_past_the_last_is_200_with_no_results() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-    let list = app.v1("");
-
-    // Act
-    let body = ok(&app
-        .client
-        .get(&format!("{list}?pageNum=4&itemsPerPage=2"))
-        .await);
-    let far = ok(&app.client.get(&format!("{list}?pageNum=1000")).await);
-
-    // Assert
-    assert_eq!(body["results"], json!([]));
-    assert_eq!(body["totalCount"], 5);
-    assert_eq!(
-        links(&body),
-        link_map(&[
-            ("self", href(&app, &list, 4, 2)),
-            ("previous", href(&app, &list, 3, 2))
-        ])
-    );
-    assert_eq!(far["results"], json!([]));
-    assert_eq!(far["totalCount"], 5);
-}
-
-#[tokio::test]
-async fn an_exact_last_page_has_no_next_link() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let body = ok(&app
-        .client
-        .get(&format!("{}?itemsPerPage=5", app.v1("")))
-        .await);
-
-    // Assert
-    assert_eq!(types(&body), FIVE.to_vec());
-    assert_eq!(
-        links(&body),
-        link_map(&[("self", href(&app, &app.v1(""), 1, 5))])
-    );
-}
-
-#[tokio::test]
 async fn an_empty_project_lists_no_results_with_a_self_link_and_a_zero_count() {
     // Arrange
     let app = spawn_app().await;
 
-    // Act
-    let v1 = get_list(&app, Ver::V1).await;
-    let v2 = get_list(&app, Ver::V2).await;
+    for version in [Ver::V1, Ver::V2] {
+        // Act
+        let list = get_list(&app, version).await;
 
-    // Assert
-    assert_eq!(
-        v1,
-        json!({"links": self_links(&app, &app.v1("")), "results": [], "totalCount": 0})
-    );
-    assert_eq!(
-        v2,
-        json!({"links": self_links(&app, &app.v2("")), "results": [], "totalCount": 0})
-    );
-}
-
-#[tokio::test]
-async fn paging_applies_to_the_post_and_put_lists() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-    let one = app.v1("VICTOR_OPS");
-
-    // Act
-    let post = ok(&app
-        .client
-        .post(
-            &format!("{one}?pageNum=3&itemsPerPage=2"),
-            r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#,
-        )
-        .await);
-    let put = ok(&app
-        .client
-        .put(
-            &format!("{one}?itemsPerPage=4&includeCount=false"),
-            r#"{"type":"VICTOR_OPS","apiKey":"victor8765"}"#,
-        )
-        .await);
-
-    // Assert
-    assert_eq!(types(&post), vec!["PAGER_DUTY", "VICTOR_OPS"]);
-    assert_eq!(post["totalCount"], 6);
-    assert_eq!(
-        links(&post),
-        link_map(&[
-            ("self", href(&app, &one, 3, 2)),
-            ("previous", href(&app, &one, 2, 2))
-        ])
-    );
-    assert_eq!(
-        types(&put),
-        vec!["WEBHOOK", "DATADOG", "SLACK", "OPS_GENIE"]
-    );
-    assert_eq!(put.get("totalCount"), None);
-    assert_eq!(
-        links(&put),
-        link_map(&[
-            ("self", href(&app, &one, 1, 4)),
-            ("next", href(&app, &one, 2, 4))
-        ])
-    );
-}
-
-#[tokio::test]
-async fn include_count_false_omits_total_count() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let without = ok(&app
-        .client
-        .get(&format!("{}?includeCount=false", app.v1("")))
-        .await);
-    let with = ok(&app
-        .client
-        .get(&format!("{}?includeCount=true", app.v2("")))
-        .await);
-
-    // Assert
-    assert_eq!(without.get("totalCount"), None, "{without}");
-    assert_eq!(types(&without), FIVE.to_vec());
-    assert_eq!(with["totalCount"], 5);
+        // Assert
+        let path = version.path(&app, "");
+        assert_eq!(
+            list,
+            json!({"links": self_links(&app, &path), "results": [], "totalCount": 0})
+        );
+    }
 }
 
 #[tokio::test]
 async fn pretty_true_indents_the_json() {
     // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
+    let app = app_with_five().await;
 
     // Act
     let plain = app.client.get(&app.v1("")).await;
-    let pretty = app.client.get(&format!("{}?pretty=true", app.v1(""))).await;
+    let pretty = app.client.get(&Ver::V1.path(&app, "?pretty=true")).await;
     let pretty_one = app
         .client
-        .get(&format!("{}?pretty=true", app.v1("DATADOG")))
+        .get(&Ver::V1.path(&app, "DATADOG?pretty=true"))
         .await;
-    let pretty_error = app
-        .client
-        .get(&format!("{}?pretty=true", app.v1("FOO")))
-        .await;
+    let pretty_error = app.client.get(&Ver::V1.path(&app, "FOO?pretty=true")).await;
 
     // Assert
     assert!(
@@ -4093,165 +2895,106 @@ async fn pretty_true_indents_the_json() {
         "indented: {}",
         pretty_error.text
     );
-    assert_invalid_enum(&pretty_error, "FOO");
+    AtlasError::InvalidEnumValue("FOO").assert(&pretty_error);
 }
 
 #[tokio::test]
-async fn envelope_true_adds_the_status_to_a_list() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-
-    // Act
-    let reply = app
-        .client
-        .get(&format!("{}?envelope=true", app.v1("")))
-        .await;
-
-    // Assert
-    assert_eq!(
-        ok(&reply),
-        json!({
-            "links": self_links(&app, &app.v1("")),
-            "results": [{"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"}],
-            "totalCount": 1,
-            "status": 200,
-        })
-    );
-}
-
-#[tokio::test]
-async fn envelope_true_wraps_one_integration() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-
-    // Act
-    let reply = app
-        .client
-        .get(&format!("{}?envelope=true", app.v1("OPS_GENIE")))
-        .await;
-
-    // Assert
-    assert_eq!(
-        ok(&reply),
-        json!({"status": 200, "content": {"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"}})
-    );
-}
-
-#[tokio::test]
-async fn envelope_true_wraps_an_error_and_keeps_the_http_status() {
-    // Arrange
+async fn envelope_true_wraps_bodies_and_errors_with_their_status_and_envelope_false_does_not() {
+    use Ver::V1;
+    // Arrange: (request, HTTP status, body; null for an empty one).
     let (app, before) = app_with_datadog().await;
+    let ops_genie = r#"{"type":"OPS_GENIE","apiKey":"opsgen4321"}"#;
+    let shown = json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"});
+    let datadog = json!({"type": "DATADOG", "apiKey": "******0123", "region": "EU"});
+    let both = json!([datadog, shown]);
+    let cases = [
+        (
+            post(V1, "OPS_GENIE", ops_genie),
+            200,
+            json!({"links": self_links(&app, &app.v1("OPS_GENIE")), "results": both, "totalCount": 2}),
+        ),
+        // envelope_true_adds_the_status_to_a_list
+        (
+            get(V1, "?envelope=true"),
+            200,
+            json!({"links": self_links(&app, &app.v1("")), "results": both, "totalCount": 2, "status": 200}),
+        ),
+        // envelope_true_wraps_one_integration
+        (
+            get(V1, "OPS_GENIE?envelope=true"),
+            200,
+            json!({"status": 200, "content": shown}),
+        ),
+        // envelope_true_wraps_an_error_and_keeps_the_http_status
+        (
+            post(
+                V1,
+                "DATADOG?envelope=true",
+                r#"{"type":"DATADOG","apiKey":"abcdef"}"#,
+            ),
+            409,
+            json!({"status": 409, "content": AtlasError::AlreadyConfigured("DATADOG").body()}),
+        ),
+        // envelope_true_wraps_a_query_parameter_error
+        (
+            get(V1, "?envelope=true&itemsPerPage=0"),
+            400,
+            json!({"status": 400, "content": AtlasError::InvalidQueryParameter("itemsPerPage").body()}),
+        ),
+        // envelope_false_leaves_bodies_unwrapped
+        (get(V1, "OPS_GENIE?envelope=false"), 200, shown.clone()),
+        (delete(V1, "OPS_GENIE?envelope=false"), 204, Value::Null),
+        (
+            post(V1, "OPS_GENIE", ops_genie),
+            200,
+            json!({"links": self_links(&app, &app.v1("OPS_GENIE")), "results": both, "totalCount": 2}),
+        ),
+        // envelope_true_on_delete_answers_200_with_status_204
+        (
+            delete(V1, "OPS_GENIE?envelope=true"),
+            200,
+            json!({"status": 204, "content": {}}),
+        ),
+        (
+            get(V1, "OPS_GENIE"),
+            404,
+            AtlasError::NotConfigured("OPS_GENIE").body(),
+        ),
+    ];
 
-    // Act
-    let reply = app
-        .client
-        .post(
-            &format!("{}?envelope=true", app.v1("DATADOG")),
-            r#"{"type":"DATADOG","apiKey":"abcdef"}"#,
-        )
-        .await;
+    for (call, status, expected) in &cases {
+        let _case = Case::new(call);
 
-    // Assert
-    assert_eq!(reply.status.as_u16(), 409, "body: {}", reply.text);
-    assert_eq!(
-        reply.json(),
-        json!({"status": 409, "content": error_body(409, "INTEGRATION_ALREADY_CONFIGURED", &["DATADOG"], "The integration of type 'DATADOG' is already configured for this group.")})
-    );
+        // Act
+        let reply = call.send(&app).await;
+
+        // Assert
+        assert_eq!(reply.status.as_u16(), *status, "body: {}", reply.text);
+        if expected.is_null() {
+            assert_eq!(reply.text, "", "no body");
+        } else {
+            assert_eq!(reply.json(), *expected);
+        }
+    }
     assert_unchanged(&app, &before).await;
 }
 
 #[tokio::test]
-async fn envelope_true_wraps_a_query_parameter_error() {
-    // Arrange
-    let app = spawn_app().await;
-
-    // Act
-    let reply = app
-        .client
-        .get(&format!("{}?envelope=true&itemsPerPage=0", app.v1("")))
-        .await;
-
-    // Assert
-    assert_eq!(reply.status.as_u16(), 400, "body: {}", reply.text);
-    assert_eq!(
-        reply.json(),
-        json!({"status": 400, "content": error_body(400, "INVALID_QUERY_PARAMETER", &["itemsPerPage"], "Invalid query parameter itemsPerPage specified.")})
-    );
-}
-
-#[tokio::test]
-async fn envelope_true_on_delete_answers_200_with_status_204() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-
-    // Act
-    let reply = app
-        .client
-        .delete(&format!("{}?envelope=true", app.v1("OPS_GENIE")))
-        .await;
-
-    // Assert
-    assert_eq!(ok(&reply), json!({"status": 204, "content": {}}));
-    assert_not_configured(&app.client.get(&app.v1("OPS_GENIE")).await, "OPS_GENIE");
-}
-
-#[tokio::test]
-async fn envelope_false_leaves_bodies_unwrapped() {
-    // Arrange
-    let app = spawn_app().await;
-    create(
-        &app,
-        Ver::V1,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
-
-    // Act
-    let one = ok(&app
-        .client
-        .get(&format!("{}?envelope=false", app.v1("OPS_GENIE")))
-        .await);
-    let delete = app
-        .client
-        .delete(&format!("{}?envelope=false", app.v1("OPS_GENIE")))
-        .await;
-
-    // Assert
-    assert_eq!(
-        one,
-        json!({"type": "OPS_GENIE", "apiKey": "******4321", "region": "US"})
-    );
-    assert_eq!(delete.status.as_u16(), 204);
-    assert_eq!(delete.text, "");
-}
-
-#[tokio::test]
 async fn invalid_query_parameter_values_are_400_naming_the_parameter() {
-    // Arrange
-    let app = spawn_app().await;
-    let cases = [
+    use Ver::{V1, V2};
+    let mut cases = vec![
+        (
+            "query_parameters_are_checked_on_every_operation",
+            get(V1, "DATADOG?pretty=1"),
+            "pretty",
+        ),
+        (
+            "query_parameters_are_checked_on_every_operation",
+            delete(V2, "DATADOG?itemsPerPage=501"),
+            "itemsPerPage",
+        ),
+    ];
+    for (query, name) in [
         ("itemsPerPage=0", "itemsPerPage"),
         ("itemsPerPage=501", "itemsPerPage"),
         ("itemsPerPage=-1", "itemsPerPage"),
@@ -4266,84 +3009,20 @@ async fn invalid_query_parameter_values_are_400_naming_the_parameter() {
         ("pretty=1", "pretty"),
         ("pretty=True", "pretty"),
         ("envelope=yes", "envelope"),
-    ];
-
-    for (query, name) in cases {
-        // Act
-        let reply = app.client.get(&format!("{}?{query}", app.v1(""))).await;
-
-        // Assert
-        assert_eq!(reply.status.as_u16(), 400, "{query}: {}", reply.text);
-        assert_invalid_query(&reply, name);
+    ] {
+        cases.push((
+            "invalid_query_parameter_values",
+            get(V1, &format!("?{query}")),
+            name,
+        ));
     }
-}
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(case, call, name)| (case, call, AtlasError::InvalidQueryParameter(name)))
+        .collect();
 
-#[tokio::test]
-async fn query_parameters_are_checked_on_every_operation() {
-    // Arrange
-    let (app, before) = app_with_datadog().await;
-
-    // Act
-    let get = app
-        .client
-        .get(&format!("{}?pretty=1", app.v1("DATADOG")))
-        .await;
-    let delete = app
-        .client
-        .delete(&format!("{}?itemsPerPage=501", app.v2("DATADOG")))
-        .await;
-
-    // Assert
-    assert_invalid_query(&get, "pretty");
-    assert_invalid_query(&delete, "itemsPerPage");
-    assert_unchanged(&app, &before).await;
-}
-
-#[tokio::test]
-async fn the_largest_page_size_is_500() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let body = ok(&app
-        .client
-        .get(&format!("{}?itemsPerPage=500", app.v1("")))
-        .await);
-
-    // Assert
-    assert_eq!(types(&body), FIVE.to_vec());
-    assert_eq!(
-        links(&body),
-        link_map(&[("self", href(&app, &app.v1(""), 1, 500))])
-    );
-}
-
-#[tokio::test]
-async fn unknown_query_parameters_are_ignored_and_left_out_of_links() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let body = ok(&app
-        .client
-        .get(&format!(
-            "{}?foo=bar&itemsPerPage=3&pretty=false&includeCount=true",
-            app.v1("")
-        ))
-        .await);
-
-    // Assert
-    assert_eq!(types(&body), vec!["WEBHOOK", "DATADOG", "SLACK"]);
-    let list = app.v1("");
-    assert_eq!(
-        links(&body),
-        link_map(&[
-            ("self", href(&app, &list, 1, 3)),
-            ("next", href(&app, &list, 2, 3))
-        ])
-    );
+    // Act and assert
+    assert_refused(&cases).await;
 }
 
 #[tokio::test]
@@ -4354,12 +3033,7 @@ async fn links_use_the_requests_host_header() {
     // Act
     let reply = app
         .client
-        .send(
-            Method::GET,
-            &app.v1(""),
-            None,
-            &[("host", "atlas.internal:9443")],
-        )
+        .get_with(&app.v1(""), &[("host", "atlas.internal:9443")])
         .await;
 
     // Assert
@@ -4380,13 +3054,8 @@ async fn links_use_the_configured_public_url() {
 
     // Act
     let list = get_list(&app, Ver::V1).await;
-    let post = create(
-        &app,
-        Ver::V2,
-        "OPS_GENIE",
-        &json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"}),
-    )
-    .await;
+    let ops_genie = json!({"type": "OPS_GENIE", "apiKey": "opsgen4321"});
+    let post = create(&app, Ver::V2, &ops_genie).await;
 
     // Assert
     assert_eq!(
@@ -4403,9 +3072,10 @@ async fn links_use_the_configured_public_url() {
 async fn the_post_self_link_is_the_type_path() {
     // Arrange
     let app = spawn_app().await;
+    let flowdock = json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"});
 
     // Act
-    let body = create(&app, Ver::V1, "FLOWDOCK", &json!({"type": "FLOWDOCK", "flowName": "myFlowName", "apiToken": "1234567890", "orgName": "myOrg"})).await;
+    let body = create(&app, Ver::V1, &flowdock).await;
 
     // Assert
     assert_eq!(
@@ -4422,115 +3092,86 @@ async fn the_post_self_link_is_the_type_path() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn lists_are_in_creation_order() {
-    // Arrange
-    let app = spawn_app().await;
+async fn lists_keep_creation_order_through_replacements_deletions_and_pages() {
+    use Ver::{V1, V2};
+    // Arrange: (name, writes to the project of `app_with_five`, the order every list then
+    // shows: the list answers of those writes, both versions' lists, and pages of one).
+    let mut five_and_victor_ops = FIVE.to_vec();
+    five_and_victor_ops.push("VICTOR_OPS");
+    let cases = [
+        ("lists_are_in_creation_order", vec![], FIVE.to_vec()),
+        (
+            "a_put_that_replaces_keeps_the_position",
+            vec![
+                put(
+                    V1,
+                    "DATADOG",
+                    json!({"type": "DATADOG", "apiKey": "fedcba9876", "region": "EU"}),
+                ),
+                put(
+                    V2,
+                    "WEBHOOK",
+                    json!({"type": "WEBHOOK", "url": "https://new.example.com/y"}),
+                ),
+            ],
+            FIVE.to_vec(),
+        ),
+        (
+            "a_put_that_creates_goes_to_the_end",
+            vec![put(
+                V1,
+                "VICTOR_OPS",
+                json!({"type": "VICTOR_OPS", "apiKey": "victor8765"}),
+            )],
+            five_and_victor_ops,
+        ),
+        (
+            "delete_then_post_moves_the_type_to_the_end",
+            vec![
+                delete(V1, "DATADOG"),
+                post(
+                    V1,
+                    "DATADOG",
+                    json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
+                ),
+            ],
+            vec!["WEBHOOK", "SLACK", "OPS_GENIE", "PAGER_DUTY", "DATADOG"],
+        ),
+        (
+            "the_order_is_stable_across_pages",
+            vec![put(
+                V1,
+                "SLACK",
+                json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "t2"}),
+            )],
+            FIVE.to_vec(),
+        ),
+    ];
 
-    // Act
-    create_five(&app).await;
+    for (name, writes, order) in &cases {
+        let _case = Case::new(name);
+        let app = app_with_five().await;
 
-    // Assert
-    assert_eq!(types(&get_list(&app, Ver::V1).await), FIVE.to_vec());
-    assert_eq!(types(&get_list(&app, Ver::V2).await), FIVE.to_vec());
-}
+        // Act
+        for write in writes {
+            let reply = write.send(&app).await;
+            if write.method == Method::DELETE {
+                assert_eq!(reply.status.as_u16(), 204, "{write}: {}", reply.text);
+            } else {
+                assert_eq!(types(&ok(&reply)), *order, "the answer to {write}");
+            }
+        }
 
-#[tokio::test]
-async fn a_put_that_replaces_keeps_the_position() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let put = replace(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "fedcba9876", "region": "EU"}),
-    )
-    .await;
-    replace(
-        &app,
-        Ver::V2,
-        "WEBHOOK",
-        &json!({"type": "WEBHOOK", "url": "https://new.example.com/y"}),
-    )
-    .await;
-
-    // Assert
-    assert_eq!(types(&put), FIVE.to_vec());
-    assert_eq!(types(&get_list(&app, Ver::V1).await), FIVE.to_vec());
-}
-
-#[tokio::test]
-async fn a_put_that_creates_goes_to_the_end() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-
-    // Act
-    let put = replace(
-        &app,
-        Ver::V1,
-        "VICTOR_OPS",
-        &json!({"type": "VICTOR_OPS", "apiKey": "victor8765"}),
-    )
-    .await;
-
-    // Assert
-    let mut expected = FIVE.to_vec();
-    expected.push("VICTOR_OPS");
-    assert_eq!(types(&put), expected);
-}
-
-#[tokio::test]
-async fn delete_then_post_moves_the_type_to_the_end() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-    assert_eq!(
-        app.client.delete(&app.v1("DATADOG")).await.status.as_u16(),
-        204
-    );
-
-    // Act
-    let post = create(
-        &app,
-        Ver::V1,
-        "DATADOG",
-        &json!({"type": "DATADOG", "apiKey": "abcdef0123"}),
-    )
-    .await;
-
-    // Assert
-    let expected = vec!["WEBHOOK", "SLACK", "OPS_GENIE", "PAGER_DUTY", "DATADOG"];
-    assert_eq!(types(&post), expected);
-    assert_eq!(types(&get_list(&app, Ver::V2).await), expected);
-}
-
-#[tokio::test]
-async fn the_order_is_stable_across_pages() {
-    // Arrange
-    let app = spawn_app().await;
-    create_five(&app).await;
-    replace(
-        &app,
-        Ver::V1,
-        "SLACK",
-        &json!({"type": "SLACK", "apiToken": "xoxb-67890", "teamName": "t2"}),
-    )
-    .await;
-
-    // Act
-    let mut seen = Vec::new();
-    for n in 1..=5 {
-        seen.extend(types(&ok(&app
-            .client
-            .get(&format!("{}?pageNum={n}&itemsPerPage=1", app.v1("")))
-            .await)));
+        // Assert
+        assert_eq!(types(&get_list(&app, V1).await), *order, "v1.0 list");
+        assert_eq!(types(&get_list(&app, V2).await), *order, "v2 list");
+        let mut seen = Vec::new();
+        for n in 1..=order.len() {
+            let page = V1.path(&app, &format!("?pageNum={n}&itemsPerPage=1"));
+            seen.extend(types(&ok(&app.client.get(&page).await)));
+        }
+        assert_eq!(seen, *order, "pages of one");
     }
-
-    // Assert
-    assert_eq!(seen, FIVE.to_vec());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -4586,7 +3227,7 @@ async fn twenty_concurrent_posts_of_one_type_create_it_exactly_once() {
         replies.iter().map(|r| &r.text).collect::<Vec<_>>()
     );
     for reply in conflicts {
-        assert_already_configured(reply, "DATADOG");
+        AtlasError::AlreadyConfigured("DATADOG").assert(reply);
     }
     let list = get_list(&app, Ver::V1).await;
     assert_eq!(types(&list), vec!["DATADOG"]);

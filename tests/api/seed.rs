@@ -7,7 +7,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Reply, TestApp};
+use crate::helpers::{ok, spawn_app, TestApp};
 
 /// The project id of the documentation's examples.
 const DOC_GROUP: &str = "5d791c84ff7a2522cc4f9aa1";
@@ -91,11 +91,6 @@ fn assert_documented_list(got: &Value, expected: &Value) {
     assert_eq!(got, expected, "the whole response");
 }
 
-fn json_of(reply: &Reply) -> Value {
-    assert_eq!(reply.status.as_u16(), 200, "status; body: {}", reply.text);
-    reply.json()
-}
-
 #[tokio::test]
 async fn the_seed_example_post_answers_the_seed_example_response() {
     // Arrange
@@ -108,7 +103,7 @@ async fn the_seed_example_post_answers_the_seed_example_response() {
         .await;
 
     // Assert
-    assert_documented_list(&json_of(&reply), &documented(&app, SEED_RESPONSE));
+    assert_documented_list(&ok(&reply), &documented(&app, SEED_RESPONSE));
     assert_eq!(
         reply.header("content-type").as_deref(),
         Some("application/json")
@@ -116,8 +111,9 @@ async fn the_seed_example_post_answers_the_seed_example_response() {
 }
 
 /// Runs curl exactly as the seed's example line, plus `-sS` (quiet) and `-w` (to read the
-/// status); `--noproxy` keeps any proxy setting of the environment out of the way.
-async fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// status); `--noproxy` keeps any proxy setting of the environment out of the way. Asserts the
+/// status and returns the body as JSON.
+async fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>, status: u16) -> Value {
     let mut command = tokio::process::Command::new("curl");
     command
         .arg("-X")
@@ -145,8 +141,19 @@ async fn curl(app: &TestApp, method: &str, path: &str, body: Option<&str>) -> (u
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let (text, status) = stdout.rsplit_once('\n').expect("the status line of -w");
-    (status.parse().expect("a status code"), text.to_owned())
+    let (text, got) = stdout.rsplit_once('\n').expect("the status line of -w");
+    assert_eq!(
+        got,
+        status.to_string(),
+        "{method} {path}: status; body: {text}"
+    );
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+/// The seed's example curl command (a POST of [`SEED_FLOWDOCK_BODY`]), asserted to answer 200.
+async fn curl_seed_example(app: &TestApp) -> Value {
+    let path = app.v1("FLOWDOCK");
+    curl(app, "POST", &path, Some(SEED_FLOWDOCK_BODY), 200).await
 }
 
 #[tokio::test]
@@ -155,11 +162,9 @@ async fn the_seed_example_curl_command_answers_the_seed_example_response() {
     let app = seed_project().await;
 
     // Act
-    let (status, text) = curl(&app, "POST", &app.v1("FLOWDOCK"), Some(SEED_FLOWDOCK_BODY)).await;
+    let got = curl_seed_example(&app).await;
 
     // Assert
-    assert_eq!(status, 200, "body: {text}");
-    let got: Value = serde_json::from_str(&text).expect("JSON");
     assert_documented_list(&got, &documented(&app, SEED_RESPONSE));
 }
 
@@ -167,23 +172,20 @@ async fn the_seed_example_curl_command_answers_the_seed_example_response() {
 async fn the_seed_example_curl_command_run_twice_is_409() {
     // Arrange
     let app = seed_project().await;
-    let (status, _) = curl(&app, "POST", &app.v1("FLOWDOCK"), Some(SEED_FLOWDOCK_BODY)).await;
-    assert_eq!(status, 200);
+    curl_seed_example(&app).await;
 
     let other = SEED_FLOWDOCK_BODY.replace("myFlowName", "otherFlow");
 
     // Act
-    let (status, text) = curl(&app, "POST", &app.v1("FLOWDOCK"), Some(&other)).await;
+    let got = curl(&app, "POST", &app.v1("FLOWDOCK"), Some(&other), 409).await;
 
     // Assert
-    assert_eq!(status, 409, "body: {text}");
-    let got: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(
         got,
         json!({"detail": "The integration of type 'FLOWDOCK' is already configured for this group.",
                "error": 409, "errorCode": "INTEGRATION_ALREADY_CONFIGURED", "parameters": ["FLOWDOCK"], "reason": "Conflict"})
     );
-    let list = json_of(&app.client.get(&app.v1("")).await);
+    let list = ok(&app.client.get(&app.v1("")).await);
     assert_eq!(
         list["results"],
         documented(&app, SEED_RESPONSE)["results"],
@@ -208,11 +210,9 @@ async fn the_reference_get_all_example_lists_the_seed_project() {
  }"#;
 
     // Act
-    let (status, text) = curl(&app, "GET", &app.v1(""), None).await;
+    let got = curl(&app, "GET", &app.v1(""), None, 200).await;
 
     // Assert
-    assert_eq!(status, 200, "body: {text}");
-    let got: Value = serde_json::from_str(&text).expect("JSON");
     assert_documented_list(&got, &documented(&app, expected));
 }
 
@@ -226,7 +226,7 @@ async fn the_reference_get_one_example_shows_the_datadog_object() {
 
     // Assert
     assert_eq!(
-        json_of(&reply),
+        ok(&reply),
         json!({"apiKey": "******7890", "region": "US", "type": "DATADOG"})
     );
 }
@@ -235,11 +235,10 @@ async fn the_reference_get_one_example_shows_the_datadog_object() {
 async fn the_reference_put_example_replaces_flowdock_in_place() {
     // Arrange
     let app = seed_project().await;
-    json_of(
-        &app.client
-            .post(&app.v1("FLOWDOCK"), SEED_FLOWDOCK_BODY)
-            .await,
-    );
+    ok(&app
+        .client
+        .post(&app.v1("FLOWDOCK"), SEED_FLOWDOCK_BODY)
+        .await);
     let expected = r#"{
      "links": [{"href": "https://cloud.mongodb.com/api/atlas/v1.0/groups/5d791c84ff7a2522cc4f9aa1/integrations/FLOWDOCK?pageNum=1&itemsPerPage=100", "rel": "self"}],
      "results": [
@@ -260,7 +259,7 @@ async fn the_reference_put_example_replaces_flowdock_in_place() {
         .await;
 
     // Assert
-    assert_documented_list(&json_of(&reply), &documented(&app, expected));
+    assert_documented_list(&ok(&reply), &documented(&app, expected));
 }
 
 #[tokio::test]
@@ -277,7 +276,7 @@ async fn the_reference_delete_example_answers_no_body() {
     // Assert
     assert_eq!(reply.status.as_u16(), 204);
     assert_eq!(reply.text, "");
-    let list = json_of(&app.client.get(&app.v1("")).await);
+    let list = ok(&app.client.get(&app.v1("")).await);
     assert_eq!(
         list["results"],
         json!([{"apiToken": "******7890", "channelName": "My Channel", "teamName": "My Team", "type": "SLACK"}])
