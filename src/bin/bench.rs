@@ -77,6 +77,10 @@ struct Args {
     /// Where the seeded databases live [default: <target>/bench-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// An environment variable for our servers, `NAME=VALUE` (repeatable; for experiments such
+    /// as `MALLOC_ARENA_MAX=2`). Recorded in the results.
+    #[arg(long = "server-env", value_name = "NAME=VALUE")]
+    server_env: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -199,6 +203,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut machine = Machine::describe(&data_root);
     let mut extras = Extras::default();
     let n = settings.projects;
+    let mut server_env = Vec::new();
+    for pair in &args.server_env {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--server-env {pair:?} is not NAME=VALUE"))?;
+        server_env.push((name, value));
+        extras
+            .notes
+            .push(format!("Our servers ran with {name}={value}."));
+    }
 
     eprintln!(
         "seeding SQLite with {n} projects in {}",
@@ -250,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         std::iter::once(("sqlite", &sqlite)).chain(postgres.iter().map(|p| ("postgres", p)))
     {
         for _ in 0..cold_runs {
-            let (server, elapsed) = Server::ours(&server_bin, seeded, label, &[]).await?;
+            let (server, elapsed) = Server::ours(&server_bin, seeded, label, &server_env).await?;
             server.stop().await;
             extras
                 .cold_start_ms
@@ -262,7 +276,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     eprintln!("starting the servers");
     let ceiling = Server::ceiling(&ceiling_bin, &data_root).await?;
-    let (sqlite_server, _) = Server::ours(&server_bin, &sqlite, "sqlite", &[]).await?;
+    let (sqlite_server, _) = Server::ours(&server_bin, &sqlite, "sqlite", &server_env).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     extras.idle_rss_kb.insert(
         "sqlite".to_owned(),
@@ -279,9 +293,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         postgres: None,
         seed: Arc::clone(&sqlite.seed),
     };
-    let started = start_optional(&server_bin, sqlite_one.as_ref(), "sqlite-1", &mut extras).await;
+    let started = start_optional(
+        &server_bin,
+        sqlite_one.as_ref(),
+        "sqlite-1",
+        &server_env,
+        &mut extras,
+    )
+    .await;
     targets.sqlite_one = started?;
-    let started = start_optional(&server_bin, postgres.as_ref(), "postgres", &mut extras).await;
+    let started = start_optional(
+        &server_bin,
+        postgres.as_ref(),
+        "postgres",
+        &server_env,
+        &mut extras,
+    )
+    .await;
     targets.postgres = match started {
         Ok(server) => server,
         Err(err) => {
@@ -371,12 +399,13 @@ async fn start_optional(
     binary: &Path,
     seeded: Option<&Seeded>,
     label: &str,
+    env: &[(&str, &str)],
     extras: &mut Extras,
 ) -> anyhow::Result<Option<(Server, Arc<seed::Seed>)>> {
     let Some(seeded) = seeded else {
         return Ok(None);
     };
-    let (server, _) = Server::ours(binary, seeded, label, &[]).await?;
+    let (server, _) = Server::ours(binary, seeded, label, env).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Ok(kb) = server::status_kb(server.pid(), "VmRSS") {
         extras.idle_rss_kb.insert(label.to_owned(), kb);

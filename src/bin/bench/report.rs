@@ -369,7 +369,7 @@ fn ratio_target(
     r.pass = Some(pass);
     targets.push(Target {
         name: label.to_owned(),
-        figure: format!("{ratio:.2}× ({:.0} req/s)", r.rps.median),
+        figure: format!("{ratio:.2}× ({} req/s)", thousands(r.rps.median)),
         threshold: format!("≥ {min_ratio}× ceiling"),
         pass: Some(pass),
     });
@@ -377,7 +377,7 @@ fn ratio_target(
 
 /// Judges the targets, marking the rows they concern.
 pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Target> {
-    let n = settings.projects;
+    let n = thousands(settings.projects as f64);
     let mut targets = Vec::new();
     ratio_target(
         rows,
@@ -429,7 +429,7 @@ pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Targ
             r.pass = Some(pass);
             targets.push(Target {
                 name: "W4 durable writes/s (SQLite, synchronous=FULL)".to_owned(),
-                figure: format!("{:.0}/s", r.rps.median),
+                figure: format!("{}/s", thousands(r.rps.median)),
                 threshold: "≥ 4,000/s".to_owned(),
                 pass: Some(pass),
             });
@@ -548,7 +548,7 @@ pub fn table(rows: &[Row], judged: bool) -> String {
             cpu = r.cpu_us_per_request.median,
             rss = mib(r.peak_rss_kb),
             target = if judged { r.target.as_deref().unwrap_or("") } else { "" },
-            result = if judged { verdict(r.pass) } else { "" },
+            result = if judged && r.target.is_some() { verdict(r.pass) } else { "" },
         );
     }
     out
