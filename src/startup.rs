@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use axum::http::{HeaderName, Request};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::digest::NonceKey;
@@ -253,6 +253,21 @@ pub fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Request ids: random UUID v4 from the thread-local generator (tower-http's own asks the
+/// operating system for every request, a system call the profile showed on every response).
+#[derive(Debug, Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        use rand::Rng;
+        let id = uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid();
+        axum::http::HeaderValue::from_str(&id.to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
@@ -322,7 +337,7 @@ impl Application {
                     .unwrap_or("");
                 tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
             }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
-            .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+            .layer(SetRequestIdLayer::new(request_id, RandomRequestId));
         let listener = TcpListener::bind(serve.listen)
             .await
             .with_context(|| format!("cannot listen on {}", serve.listen))?;

@@ -8,6 +8,7 @@
 //! drops its authentication cache.
 
 mod batch;
+mod conns;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

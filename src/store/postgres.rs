@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, Connection};
+
+use super::conns::Conns;
 
 use super::SqlStore;
 
@@ -21,7 +24,16 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
         .connect(url)
         .await
         .context("cannot connect to PostgreSQL")?;
-    Ok(SqlStore::new(pool.clone(), pool, false))
+    let url = url.to_owned();
+    let hot = Conns::new(
+        pool_size.max(1) as usize,
+        Duration::from_secs(3),
+        Box::new(move || {
+            let url = url.clone();
+            Box::pin(async move { AnyConnection::connect(&url).await })
+        }),
+    );
+    Ok(SqlStore::new(pool.clone(), pool, hot, false))
 }
 
 /// Runs the embedded PostgreSQL migrations.

@@ -14,6 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::batch::Batcher;
+use super::conns::Conns;
 
 use super::{
     now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError, StoreResult,
@@ -28,6 +29,7 @@ use crate::domain::integration::IntegrationType;
 pub struct SqlStore {
     pub(super) read: AnyPool,
     pub(super) write: AnyPool,
+    hot: std::sync::Arc<Conns>,
     batcher: Option<Batcher>,
 }
 
@@ -169,11 +171,12 @@ const BUMP_EPOCH: &str = "update auth_epoch set value = value + 1 where id = 1";
 impl SqlStore {
     /// A store over `read` and `write` pools; with `group_commit`, integration writes are
     /// batched into shared transactions (SQLite).
-    pub(super) fn new(read: AnyPool, write: AnyPool, group_commit: bool) -> Self {
+    pub(super) fn new(read: AnyPool, write: AnyPool, hot: Conns, group_commit: bool) -> Self {
         let batcher = group_commit.then(|| Batcher::start(write.clone()));
         Self {
             read,
             write,
+            hot: std::sync::Arc::new(hot),
             batcher,
         }
     }
@@ -262,13 +265,15 @@ impl Store for SqlStore {
     }
 
     async fn list_integrations(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>> {
+        let mut lease = self.hot.lease().await?;
         let rows = sqlx::query(
             "select id, type, config from integration where group_id = $1 order by seq",
         )
         .bind(group.to_string())
-        .fetch_all(&self.read)
+        .fetch_all(lease.conn())
         .await
         .map_err(classify)?;
+        lease.finish();
         rows.iter().map(integration_row).collect()
     }
 
@@ -277,14 +282,16 @@ impl Store for SqlStore {
         group: GroupId,
         kind: IntegrationType,
     ) -> StoreResult<Option<StoredIntegration>> {
+        let mut lease = self.hot.lease().await?;
         let row = sqlx::query(
             "select id, type, config from integration where group_id = $1 and type = $2",
         )
         .bind(group.to_string())
         .bind(kind.as_str())
-        .fetch_optional(&self.read)
+        .fetch_optional(lease.conn())
         .await
         .map_err(classify)?;
+        lease.finish();
         row.as_ref().map(integration_row).transpose()
     }
 
@@ -369,11 +376,13 @@ impl Store for SqlStore {
     }
 
     async fn project(&self, id: GroupId) -> StoreResult<Option<Project>> {
+        let mut lease = self.hot.lease().await?;
         let row = sqlx::query("select id, org_id, name, created_at from project where id = $1")
             .bind(id.to_string())
-            .fetch_optional(&self.read)
+            .fetch_optional(lease.conn())
             .await
             .map_err(classify)?;
+        lease.finish();
         row.as_ref().map(project_row).transpose()
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
-use sqlx::Executor;
+use sqlx::{AnyConnection, Connection, Executor};
+
+use super::conns::Conns;
 
 use super::SqlStore;
 
@@ -33,11 +35,25 @@ pub async fn open(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
         .connect(&url)
         .await
         .with_context(|| "cannot open the SQLite database")?;
-    let read = options(pool_size.max(1))
+    // The hot reads have their own connections (`Conns`); this pool serves the rest.
+    let read = options(2)
         .connect(&url)
         .await
         .with_context(|| "cannot open the SQLite database")?;
-    Ok(SqlStore::new(read, write, true))
+    // More concurrent readers than cores only adds SQLite worker threads and page caches.
+    let hot = Conns::new(
+        pool_size.clamp(1, 4) as usize,
+        Duration::from_secs(30),
+        Box::new(move || {
+            let url = url.clone();
+            Box::pin(async move {
+                let mut conn = AnyConnection::connect(&url).await?;
+                conn.execute(PRAGMAS).await?;
+                Ok(conn)
+            })
+        }),
+    );
+    Ok(SqlStore::new(read, write, hot, true))
 }
 
 /// Runs the embedded SQLite migrations.
