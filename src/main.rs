@@ -68,11 +68,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("http://{addr}"));
             if let Some(first) = app.first_start() {
                 let text = first.text(&base);
-                println!("{text}");
+                print_out(&text);
                 let path = global.data_dir.join("first-start-credentials.txt");
                 std::fs::create_dir_all(&global.data_dir)?;
                 startup::write_private_file(&path, &text)?;
-                println!("(also written to {}, readable only by you)", path.display());
+                print_out(&format!(
+                    "(also written to {}, readable only by you)",
+                    path.display()
+                ));
             }
             tracing::info!(%addr, "listening");
             app.run_until_stopped(telemetry::shutdown_signal()).await?;
@@ -88,6 +91,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKeys(c) => admin::api_keys(&global, c).await?,
         Command::Keys(c) => admin::keys(&global, c).await?,
     };
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    print_out(&serde_json::to_string_pretty(&output)?);
     Ok(())
+}
+
+/// Writes a line on stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }

@@ -11,7 +11,9 @@ use anyhow::{bail, Context};
 use axum::http::{HeaderName, Request};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::digest::NonceKey;

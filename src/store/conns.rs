@@ -19,8 +19,11 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::sql::classify;
 use super::{StoreError, StoreResult};
 
-type Connect =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AnyConnection, sqlx::Error>> + Send>> + Send + Sync>;
+type Connect = Box<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<AnyConnection, sqlx::Error>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A bounded set of connections handed out one lease at a time.
 pub struct Conns {
@@ -86,7 +89,9 @@ impl Lease<'_> {
     /// The connection.
     pub fn conn(&mut self) -> &mut AnyConnection {
         // Only `Drop` takes the connection out.
-        self.conn.as_mut().unwrap_or_else(|| unreachable!("lease without a connection"))
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("lease without a connection"))
     }
 
     /// The query succeeded: the connection goes back to the set.
