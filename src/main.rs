@@ -12,24 +12,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(cli));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::run_main(true, async { run(cli).await.map(|()| true) })
 }
 
 /// Help and version go out as clap prints them; every other command-line error becomes one

@@ -8,13 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::http::{HeaderName, Request};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::auth::digest::NonceKey;
 use crate::auth::{private_key_aad, AuthSettings, Authenticator};
@@ -255,21 +250,6 @@ pub fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Request ids: random UUID v4 from the thread-local generator (tower-http's own asks the
-/// operating system for every request, a system call the profile showed on every response).
-#[derive(Debug, Clone, Copy)]
-struct RandomRequestId;
-
-impl MakeRequestId for RandomRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        use rand::Rng;
-        let id = uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid();
-        axum::http::HeaderValue::from_str(&id.to_string())
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
@@ -328,18 +308,7 @@ impl Application {
             trusted_proxies,
             project_limit: serve.project_rate_limit.map(ProjectLimiter::new),
         });
-        let request_id = HeaderName::from_static("x-request-id");
-        let app = router(state)
-            .layer(PropagateRequestIdLayer::new(request_id.clone()))
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-            }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
-            .layer(SetRequestIdLayer::new(request_id, RandomRequestId));
+        let app = router(state);
         let listener = TcpListener::bind(serve.listen)
             .await
             .with_context(|| format!("cannot listen on {}", serve.listen))?;

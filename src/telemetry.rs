@@ -39,3 +39,30 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
 }
+
+/// Runs a binary's `main` future on a new tokio runtime (multi-threaded or not) and turns its
+/// outcome into an exit code: `Ok(true)` succeeds, `Ok(false)` fails quietly, an error is one
+/// line on stderr. A runtime that cannot start is reported the same way.
+pub fn run_main(
+    multi_thread: bool,
+    main: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let outcome = match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(err) => Err(anyhow::anyhow!("cannot start the runtime: {err}")),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -451,8 +451,9 @@ pub fn challenge(nonce: &str, stale: bool) -> String {
     )
 }
 
-/// Lowercase hex of `H(part0 ":" part1 ":" ...)`.
-fn hash_hex<D: Digest>(parts: &[&[u8]]) -> String {
+/// Lowercase hex of `H(part0 ":" part1 ":" ...)`, the building block of every Digest value
+/// (also used by the benchmark's client).
+pub fn hash_hex<D: Digest>(parts: &[&[u8]]) -> String {
     let mut hasher = D::new();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {

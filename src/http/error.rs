@@ -3,7 +3,7 @@
 //! template with the parameters substituted. 500s keep their cause for the log only.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The Atlas error codes this server answers with, each with its status and template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,15 +257,32 @@ impl ApiError {
 
     /// The Atlas error body.
     pub fn body(&self) -> Value {
-        let status = self.code.status();
-        json!({
-            "detail": self.detail(),
-            "error": status.as_u16(),
-            "errorCode": self.code.as_str(),
-            "parameters": self.parameters,
-            "reason": status.canonical_reason().unwrap_or(""),
-        })
+        serde_json::to_value(self.wire()).unwrap_or(Value::Null)
     }
+
+    /// The Atlas error body, ready to serialize without building a `Value` (fields in the
+    /// alphabetical order Atlas uses).
+    pub fn wire(&self) -> WireError<'_> {
+        let status = self.code.status();
+        WireError {
+            detail: self.detail(),
+            error: status.as_u16(),
+            error_code: self.code.as_str(),
+            parameters: &self.parameters,
+            reason: status.canonical_reason().unwrap_or(""),
+        }
+    }
+}
+
+/// The Atlas error body as serialized.
+#[derive(Debug, serde::Serialize)]
+pub struct WireError<'a> {
+    detail: String,
+    error: u16,
+    #[serde(rename = "errorCode")]
+    error_code: &'static str,
+    parameters: &'a [String],
+    reason: &'static str,
 }
 
 impl From<crate::store::StoreError> for ApiError {
@@ -289,6 +306,7 @@ impl From<crate::store::StoreError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn detail_substitutes_parameters_in_order() {

@@ -116,12 +116,17 @@ pub fn accepts_v2(accept: &[&[u8]]) -> bool {
         .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(','))
         .any(|range| {
-            let media = range
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            // `q=0` means "not acceptable" (RFC 9110 §12.4.2).
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            if refused {
+                return false;
+            }
             media
                 .strip_prefix("application/vnd.atlas.")
                 .and_then(|rest| rest.strip_suffix("+json"))
@@ -219,5 +224,9 @@ mod tests {
         assert!(!accepts_v2(&[b"*/*"]));
         assert!(!accepts_v2(&[]));
         assert!(!accepts_v2(&[b"\xff\xfe"]));
+        assert!(!accepts_v2(&[b"application/vnd.atlas.2023-01-01+json;q=0"]));
+        assert!(accepts_v2(&[
+            b"application/vnd.atlas.2023-01-01+json;q=0.5"
+        ]));
     }
 }

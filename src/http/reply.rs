@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, WireError};
 use super::query::{Params, V2_MEDIA_TYPE};
 use crate::domain::integration::ApiVersion;
 
@@ -22,7 +22,7 @@ pub enum Reply {
     Status(StatusCode, Value),
 }
 
-fn json_body(value: &Value, pretty: bool) -> Vec<u8> {
+fn to_bytes(value: &impl serde::Serialize, pretty: bool) -> Vec<u8> {
     let bytes = if pretty {
         serde_json::to_vec_pretty(value)
     } else {
@@ -32,7 +32,11 @@ fn json_body(value: &Value, pretty: bool) -> Vec<u8> {
 }
 
 fn respond(status: StatusCode, body: &Value, pretty: bool, media: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(json_body(body, pretty)));
+    with_body(status, to_bytes(body, pretty), media)
+}
+
+fn with_body(status: StatusCode, bytes: Vec<u8>, media: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -87,13 +91,24 @@ pub fn failure(err: ApiError, params: Params) -> Response<Body> {
     if let Some(cause) = &err.cause {
         tracing::error!(error = ?cause, "unexpected error");
     }
+    #[derive(serde::Serialize)]
+    struct Enveloped<'a> {
+        content: WireError<'a>,
+        status: u16,
+    }
     let status = err.code.status();
-    let body = if params.envelope {
-        json!({"status": status.as_u16(), "content": err.body()})
+    let bytes = if params.envelope {
+        to_bytes(
+            &Enveloped {
+                content: err.wire(),
+                status: status.as_u16(),
+            },
+            params.pretty,
+        )
     } else {
-        err.body()
+        to_bytes(&err.wire(), params.pretty)
     };
-    let mut response = respond(status, &body, params.pretty, "application/json");
+    let mut response = with_body(status, bytes, "application/json");
     for (name, value) in err.headers {
         response.headers_mut().append(name, value);
     }

@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use md5::{Digest as _, Md5};
+use md5::Md5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,23 +20,8 @@ pub const REALM: &str = "MMS Public API";
 /// Heads longer than this are refused (a server gone wrong, not a real answer).
 const MAX_HEAD: usize = 64 * 1024;
 
-/// Lowercase hex of an MD5 digest.
-fn md5_hex(parts: &[&[u8]]) -> [u8; 32] {
-    let mut hasher = Md5::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            hasher.update(b":");
-        }
-        hasher.update(part);
-    }
-    let digest = hasher.finalize();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    for (i, b) in digest.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
-    out
+fn md5_hex(parts: &[&[u8]]) -> String {
+    atlas_integrations::auth::digest::hash_hex::<Md5>(parts)
 }
 
 /// One connection's Digest state.
@@ -45,7 +30,7 @@ pub struct DigestState {
     user: String,
     password: String,
     realm: String,
-    ha1: [u8; 32],
+    ha1: String,
     nonce: String,
     nc: u32,
     cnonce: String,
@@ -104,12 +89,12 @@ impl DigestState {
         let nc = format!("{:08x}", self.nc);
         let ha2 = md5_hex(&[method.as_bytes(), uri.as_bytes()]);
         let response = md5_hex(&[
-            &self.ha1,
+            self.ha1.as_bytes(),
             self.nonce.as_bytes(),
             nc.as_bytes(),
             self.cnonce.as_bytes(),
             b"auth",
-            &ha2,
+            ha2.as_bytes(),
         ]);
         out.extend_from_slice(b"Authorization: Digest username=\"");
         out.extend_from_slice(self.user.as_bytes());
@@ -120,7 +105,7 @@ impl DigestState {
         out.extend_from_slice(b"\", uri=\"");
         out.extend_from_slice(uri.as_bytes());
         out.extend_from_slice(b"\", algorithm=MD5, response=\"");
-        out.extend_from_slice(&response);
+        out.extend_from_slice(response.as_bytes());
         out.extend_from_slice(b"\", qop=auth, nc=");
         out.extend_from_slice(nc.as_bytes());
         out.extend_from_slice(b", cnonce=\"");
