@@ -524,7 +524,12 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The 32-byte HMAC key that signs and checks nonces. `Debug` does not show it.
 #[derive(Clone)]
-pub struct NonceKey([u8; 32]);
+pub struct NonceKey {
+    bytes: [u8; 32],
+    /// HMAC state with the key already absorbed: every nonce issued or checked clones it
+    /// instead of hashing the key's pads again.
+    keyed: HmacSha256,
+}
 
 impl fmt::Debug for NonceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -562,25 +567,26 @@ fn duration_ms(d: Duration) -> u64 {
 impl NonceKey {
     /// Wraps an existing key (e.g. shared by several server instances).
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        Self(b)
+        // HMAC accepts keys of any length, so this cannot fail.
+        let keyed = <HmacSha256 as Mac>::new_from_slice(&b)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Self { bytes: b, keyed }
     }
 
     /// Makes a new random key from the operating system's generator.
     pub fn generate() -> Self {
         let mut b = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut b);
-        Self(b)
+        Self::from_bytes(b)
     }
 
     /// The raw key bytes (secret).
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.bytes
     }
 
     fn mac(&self, payload: &[u8; 16]) -> [u8; 16] {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(payload);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; 16];
