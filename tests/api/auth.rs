@@ -22,8 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    challenge_param, digest_header, fresh_nonce, path, read_reply, send_raw, spawn_app,
-    spawn_app_with, DigestClient, Options, Reply, TestApp, V2,
+    self, challenge_param, digest_header, fresh_nonce, path, read_reply, send_raw, spawn_app,
+    spawn_app_with, DigestClient, Options, Reply, TestApp, PROPAGATION, V2,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -35,9 +35,6 @@ const DATADOG: &str =
 const DATADOG_EU: &str =
     r#"{"type":"DATADOG","apiKey":"fedcba9876543210fedcba9876543210","region":"EU"}"#;
 const OPS_GENIE: &str = r#"{"type":"OPS_GENIE","apiKey":"opsgenie-key-1234","region":"US"}"#;
-
-/// How long the server may take to see a change made through the CLI.
-const PROPAGATION: Duration = Duration::from_secs(1);
 
 /// An API key as the CLI prints it at creation.
 #[derive(Debug, Clone)]
@@ -119,8 +116,7 @@ async fn access_list(app: &TestApp, command: AccessListCommand) {
 }
 
 /// Repeats a GET of `path` (with `headers`) until it answers `expected` (and, when given, the
-/// error code `code`), for at most [`PROPAGATION`] after `since`; panics with the last answer
-/// otherwise.
+/// error code `code`), for at most [`PROPAGATION`] after `since`.
 async fn poll_get(
     client: &DigestClient,
     path: &str,
@@ -129,25 +125,13 @@ async fn poll_get(
     since: Instant,
     what: &str,
 ) -> Reply {
-    loop {
-        let reply = client.get_with(path, headers).await;
-        let code_matches = code.is_none_or(|code| {
-            serde_json::from_str::<Value>(&reply.text).is_ok_and(|b| b["errorCode"] == code)
-        });
-        if reply.status.as_u16() == expected && code_matches {
-            return reply;
-        }
-        if since.elapsed() > PROPAGATION {
-            panic!(
-                "{what}: GET {path} still answers {} instead of {expected} {code:?} {:?} after \
-                 the change: {}",
-                reply.status,
-                since.elapsed(),
-                reply.text
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    helpers::poll_until(client, path, headers, since, what, |reply| {
+        reply.status.as_u16() == expected
+            && code.is_none_or(|code| {
+                serde_json::from_str::<Value>(&reply.text).is_ok_and(|b| b["errorCode"] == code)
+            })
+    })
+    .await
 }
 
 /// Asserts a 403 `IP_ADDRESS_NOT_ON_ACCESS_LIST` that names `address`.

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use atlas_integrations::domain::ids::ObjectId;
 use serde_json::{json, Value};
 
-use crate::helpers::{binary, path, spawn_app, DigestClient, Reply, TestApp};
-
-/// How long a running server may take to see a change made by the CLI.
-const PROPAGATION: Duration = Duration::from_secs(1);
+use crate::helpers::{self, binary, path, spawn_app, DigestClient, Reply, TestApp, PROPAGATION};
 
 const OPS_GENIE: &str = r#"{"type":"OPS_GENIE","apiKey":"opsgenie-key-1234","region":"US"}"#;
 
@@ -179,20 +176,7 @@ async fn poll(
     what: &str,
     done: impl Fn(&Reply) -> bool,
 ) -> Reply {
-    loop {
-        let reply = client.get_with(path, &[]).await;
-        if done(&reply) {
-            return reply;
-        }
-        assert!(
-            since.elapsed() <= PROPAGATION,
-            "{what}: not seen by the server {:?} after the CLI returned; last answer {} {}",
-            since.elapsed(),
-            reply.status,
-            reply.text
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    helpers::poll_until(client, path, &[], since, what, done).await
 }
 
 fn error_code(reply: &Reply) -> String {

@@ -687,3 +687,33 @@ impl DigestClient {
         self.send(Method::GET, path, None, headers).await
     }
 }
+
+/// How long a change made with the CLI (or through another instance) may take to reach a
+/// running server.
+pub const PROPAGATION: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Repeats a GET of `path` (with `headers`) until `done` holds, for at most [`PROPAGATION`]
+/// after `since`; panics with the last answer otherwise.
+pub async fn poll_until(
+    client: &DigestClient,
+    path: &str,
+    headers: &[(&str, &str)],
+    since: std::time::Instant,
+    what: &str,
+    done: impl Fn(&Reply) -> bool,
+) -> Reply {
+    loop {
+        let reply = client.get_with(path, headers).await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(
+            since.elapsed() <= PROPAGATION,
+            "{what}: GET {path} not as expected {:?} after the change; last answer {} {}",
+            since.elapsed(),
+            reply.status,
+            reply.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
