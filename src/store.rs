@@ -9,7 +9,9 @@
 
 mod batch;
 mod conns;
+mod direct;
 pub mod postgres;
+mod reads;
 mod sql;
 pub mod sqlite;
 
@@ -265,7 +267,7 @@ pub async fn open(url: &str, migrate: bool, pool_size: u32) -> anyhow::Result<Ar
         }
         Ok(Arc::new(store))
     } else if url.starts_with("sqlite:") {
-        let store = sqlite::open(url, pool_size).await?;
+        let store = sqlite::open(url).await?;
         if migrate {
             sqlite::migrate(&store).await?;
         }

@@ -799,6 +799,78 @@ async fn sixteen_concurrent_creates_of_one_type_on_postgres_give_one_success_and
     concurrent_creates(Arc::clone(&fresh.store)).await;
 }
 
+/// Many reads at once (merged into shared queries by the store): every one gets exactly its
+/// own rows — the asked type or none, a project's list in creation order — whether the
+/// others asked for the same key, another type, another project or a list.
+async fn concurrent_reads(store: Arc<dyn Store>) {
+    const PROJECTS: usize = 12;
+    const READS: usize = 400;
+    let org = org("Org", now_ms());
+    store.create_org(&org).await.expect("create org");
+    let kinds = [
+        IntegrationType::Slack,
+        IntegrationType::PagerDuty,
+        IntegrationType::Webhook,
+        IntegrationType::Datadog,
+    ];
+    let mut expected = Vec::new();
+    for p in 0..PROJECTS {
+        let group = project(&org, &format!("p{p}"), now_ms());
+        store.create_project(&group).await.expect("create project");
+        // Project p has the first p % 5 kinds, created in an order that differs per project.
+        let mut rows = Vec::new();
+        for k in 0..p % 5 {
+            let kind = kinds[(k + p) % kinds.len()];
+            let it = integration(kind, format!("{p}:{kind}").as_bytes());
+            store
+                .create_integration(group.id, &it)
+                .await
+                .expect("create integration");
+            rows.push(it);
+        }
+        expected.push((group.id, rows));
+    }
+    let expected = Arc::new(expected);
+    let start = Arc::new(tokio::sync::Barrier::new(READS));
+    let tasks: Vec<_> = (0..READS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let expected = Arc::clone(&expected);
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                let (group, rows) = &expected[i % PROJECTS];
+                start.wait().await;
+                if i % 3 == 0 {
+                    let listed = store.list_integrations(*group).await.expect("list");
+                    assert_eq!(&listed, rows, "list of project {}", i % PROJECTS);
+                } else {
+                    let kind = kinds[i % kinds.len()];
+                    let got = store.get_integration(*group, kind).await.expect("get");
+                    let want = rows.iter().find(|r| r.kind == kind);
+                    assert_eq!(got.as_ref(), want, "{kind} of project {}", i % PROJECTS);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("read task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_hundred_concurrent_reads_on_sqlite_each_get_their_own_rows() {
+    let fresh = fresh_sqlite(8).await;
+    concurrent_reads(Arc::clone(&fresh.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_hundred_concurrent_reads_on_postgres_each_get_their_own_rows() {
+    let Some(fresh) = fresh_postgres(8).await else {
+        return;
+    };
+    concurrent_reads(Arc::clone(&fresh.store)).await;
+}
+
 #[test]
 fn sqlite_and_postgres_migrations_have_the_same_versions_and_descriptions() {
     let versions = |migrator: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {

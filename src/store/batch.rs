@@ -1,35 +1,39 @@
 //! Group commit for integration writes on SQLite.
 //!
 //! With `synchronous=FULL` every commit waits for the disk, and SQLite has one writer, so
-//! commits are the throughput limit. Concurrent writes are queued to one writer task, which
+//! commits are the throughput limit. Concurrent writes are queued to one writer thread, which
 //! takes everything waiting (up to [`MAX_BATCH`]) and runs it in one transaction, each write
 //! inside its own savepoint so that one failure (a duplicate create) rolls back only that
 //! write. Nobody is answered before the commit has returned, so an acknowledged write is on
-//! disk exactly as with one commit per write.
+//! disk exactly as with one commit per write. The thread owns its connection and calls
+//! SQLite directly: a batch costs one hand-off, not one per statement.
 
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{classify, IntegrationWrite, WriteOutcome};
-use super::{StoreError, StoreResult};
+use super::direct::classify;
+use super::sql::{IntegrationWrite, WriteOutcome};
+use super::{now_ms, StoreError, StoreResult};
 
 /// The most writes committed together.
 pub const MAX_BATCH: usize = 256;
 
 type Job = (IntegrationWrite, oneshot::Sender<StoreResult<WriteOutcome>>);
 
-/// The queue in front of the writer task.
+/// The queue in front of the writer thread.
 #[derive(Debug, Clone)]
-pub struct Batcher {
+pub struct Writer {
     queue: mpsc::Sender<Job>,
 }
 
-impl Batcher {
-    /// Starts the writer task on `pool` (a one-connection pool).
-    pub fn start(pool: AnyPool) -> Self {
+impl Writer {
+    /// Starts the writer thread on `conn`; it ends when the last `Writer` is dropped.
+    pub fn start(conn: Connection) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(pool, jobs));
-        Self { queue }
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, jobs))?;
+        Ok(Self { queue })
     }
 
     /// Runs one write in the next batch and waits for its commit.
@@ -44,61 +48,109 @@ impl Batcher {
     }
 }
 
-async fn run(pool: AnyPool, mut jobs: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match pool.acquire().await {
-            Ok(mut conn) => commit_batch(&mut conn, &mut batch).await,
-            Err(err) => {
-                let message = err.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
-                }
+    while let Some(job) = jobs.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
         }
+        commit_batch(&conn, &mut batch);
     }
 }
 
-async fn commit_batch(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     if batch.len() == 1 {
-        // Nothing to share a commit with: autocommit saves the savepoint round trips.
+        // Nothing to share a commit with: autocommit saves the savepoint statements.
         if let Some((write, reply)) = batch.pop() {
-            let _ = reply.send(write.apply(&mut *conn).await);
+            let _ = reply.send(apply(conn, &write));
         }
         return;
     }
-    let mut tx = match conn.begin().await {
-        Ok(tx) => tx,
-        Err(err) => return fail_all(batch, classify(err)),
-    };
+    if let Err(err) = conn.execute_batch("begin immediate") {
+        return fail_all(batch, &classify(err));
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     for (write, _) in batch.iter() {
-        if let Err(err) = tx.execute("savepoint w").await {
-            return fail_all(batch, classify(err));
+        if let Err(err) = conn.execute_batch("savepoint w") {
+            return abandon(conn, batch, &classify(err));
         }
-        let outcome = write.apply(&mut tx).await;
+        let outcome = apply(conn, write);
         let end = if outcome.is_ok() {
             "release savepoint w"
         } else {
             "rollback to savepoint w; release savepoint w"
         };
-        if let Err(err) = tx.execute(end).await {
-            return fail_all(batch, classify(err));
+        if let Err(err) = conn.execute_batch(end) {
+            return abandon(conn, batch, &classify(err));
         }
         outcomes.push(outcome);
     }
-    if let Err(err) = tx.commit().await {
-        return fail_all(batch, classify(err));
+    if let Err(err) = conn.execute_batch("commit") {
+        return abandon(conn, batch, &classify(err));
     }
     for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
         let _ = reply.send(outcome);
     }
 }
 
-fn fail_all(batch: &mut Vec<Job>, err: StoreError) {
+/// Runs one write on `conn`.
+fn apply(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
+    let (sql, group, kind, row) = write.parts();
+    let mut statement = conn.prepare_cached(sql).map_err(classify)?;
+    let group = group.to_string();
+    match (write, row) {
+        (IntegrationWrite::Replace { .. }, Some(row)) => {
+            let id: String = statement
+                .query_row(
+                    (
+                        &group,
+                        kind.as_str(),
+                        row.id.to_string(),
+                        &row.sealed,
+                        now_ms(),
+                    ),
+                    |r| r.get(0),
+                )
+                .map_err(classify)?;
+            WriteOutcome::replaced(&id)
+        }
+        (_, Some(row)) => {
+            let changed = statement
+                .execute((
+                    &group,
+                    kind.as_str(),
+                    row.id.to_string(),
+                    &row.sealed,
+                    now_ms(),
+                ))
+                .map_err(classify)?;
+            Ok(WriteOutcome::Done(changed > 0))
+        }
+        (_, None) => {
+            let changed = statement
+                .execute((&group, kind.as_str()))
+                .map_err(classify)?;
+            Ok(WriteOutcome::Done(changed > 0))
+        }
+    }
+}
+
+/// The transaction cannot go on: roll back what it did and fail every write of the batch.
+fn abandon(conn: &Connection, batch: &mut Vec<Job>, err: &StoreError) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("rollback");
+    }
+    fail_all(batch, err);
+}
+
+fn fail_all(batch: &mut Vec<Job>, err: &StoreError) {
     let message = err.to_string();
     for (_, reply) in batch.drain(..) {
-        let _ = reply.send(Err(match &err {
+        let _ = reply.send(Err(match err {
             StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
             _ => StoreError::Other(anyhow::anyhow!("batch commit failed: {message}")),
         }));

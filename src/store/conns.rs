@@ -1,9 +1,8 @@
-//! Long-lived connections for the hot read queries (one integration, a project's list, a
-//! project's organization).
+//! Long-lived PostgreSQL connections for the hot read queries (integrations and projects,
+//! merged by the lanes of `reads.rs`).
 //!
-//! sqlx's pool pings every connection it gets back, one extra round trip per query (to the
-//! connection's worker thread on SQLite, over the network on PostgreSQL); the benchmark's
-//! profile showed it on every request. These connections go back to the set without a ping
+//! sqlx's pool pings every connection it gets back, one extra network round trip per query;
+//! the benchmark's profile showed it on every request. These connections go back to the set without a ping
 //! when their query finished, and are dropped instead when it failed or was cancelled half
 //! way, so a broken connection is never handed out again and the next lease reconnects: a
 //! database that went away and came back is picked up again by itself.

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
-use super::batch::Batcher;
 use super::conns::Conns;
+use super::direct::Direct;
+use super::reads::ReadBatcher;
 
 use super::{
     now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError, StoreResult,
@@ -29,8 +30,18 @@ use crate::domain::integration::IntegrationType;
 pub struct SqlStore {
     pub(super) read: AnyPool,
     pub(super) write: AnyPool,
-    hot: std::sync::Arc<Conns>,
-    batcher: Option<Batcher>,
+    hot: HotPath,
+}
+
+/// How integrations (and projects, for authentication) are read and written.
+#[derive(Debug, Clone)]
+enum HotPath {
+    /// PostgreSQL: reads merged into shared queries by lanes over long-lived connections
+    /// (`reads.rs`), writes one statement each on the pool.
+    Pooled(ReadBatcher),
+    /// SQLite: the library called directly, reads inline, writes group-committed
+    /// (`direct.rs`).
+    Direct(std::sync::Arc<Direct>),
 }
 
 /// Maps a sqlx error to the store's error kinds.
@@ -63,22 +74,12 @@ fn is_connection_loss(code: Option<&str>) -> bool {
     })
 }
 
-fn id_col(row: &AnyRow, col: &str) -> StoreResult<ObjectId> {
+pub(super) fn id_col(row: &AnyRow, col: &str) -> StoreResult<ObjectId> {
     let text: String = row.try_get(col).map_err(classify)?;
     ObjectId::parse(&text).ok_or_else(|| StoreError::Other(anyhow!("bad id in column {col}")))
 }
 
-fn integration_row(row: &AnyRow) -> StoreResult<StoredIntegration> {
-    let kind: String = row.try_get("type").map_err(classify)?;
-    Ok(StoredIntegration {
-        id: id_col(row, "id")?,
-        kind: IntegrationType::parse(&kind)
-            .ok_or_else(|| StoreError::Other(anyhow!("unknown integration type in database")))?,
-        sealed: row.try_get("config").map_err(classify)?,
-    })
-}
-
-fn project_row(row: &AnyRow) -> StoreResult<Project> {
+pub(super) fn project_row(row: &AnyRow) -> StoreResult<Project> {
     Ok(Project {
         id: id_col(row, "id")?,
         org_id: id_col(row, "org_id")?,
@@ -113,78 +114,120 @@ pub(super) enum WriteOutcome {
     Id(ObjectId),
 }
 
+/// The integration statements, plain SQL both drivers run (`$N` parameters, which SQLite
+/// numbers by first appearance).
+pub(super) mod statements {
+    /// Create; a unique violation means "already configured".
+    pub const CREATE: &str =
+        "insert into integration (group_id, type, id, config, created_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $5)";
+    /// Replace or create; answers the id kept.
+    pub const REPLACE: &str =
+        "insert into integration (group_id, type, id, config, created_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $5) \
+         on conflict (group_id, type) do update \
+         set config = excluded.config, updated_at = excluded.updated_at \
+         returning id";
+    /// Delete.
+    pub const DELETE: &str = "delete from integration where group_id = $1 and type = $2";
+    /// One integration.
+    pub const ONE: &str = "select id, type, config from integration \
+                           where group_id = $1 and type = $2";
+    /// A project's integrations in creation order.
+    pub const LIST: &str = "select id, type, config from integration \
+                            where group_id = $1 order by seq";
+    /// One project.
+    pub const PROJECT: &str = "select id, org_id, name, created_at from project where id = $1";
+}
+
 impl IntegrationWrite {
-    /// Runs the write on `conn`.
-    pub(super) async fn apply(&self, conn: &mut AnyConnection) -> StoreResult<WriteOutcome> {
-        let now = now_ms();
+    /// The statement, its group and type, and for creates and replaces the row's id and
+    /// sealed configuration.
+    pub(super) fn parts(
+        &self,
+    ) -> (
+        &'static str,
+        GroupId,
+        IntegrationType,
+        Option<&StoredIntegration>,
+    ) {
         match self {
-            Self::Create { group, integration } => {
-                sqlx::query(
-                    "insert into integration (group_id, type, id, config, created_at, updated_at) \
-                     values ($1, $2, $3, $4, $5, $5)",
-                )
-                .bind(group.to_string())
-                .bind(integration.kind.as_str())
-                .bind(integration.id.to_string())
-                .bind(integration.sealed.clone())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(classify)?;
-                Ok(WriteOutcome::Done(true))
+            Self::Create { group, integration } => (
+                statements::CREATE,
+                *group,
+                integration.kind,
+                Some(integration),
+            ),
+            Self::Replace { group, integration } => (
+                statements::REPLACE,
+                *group,
+                integration.kind,
+                Some(integration),
+            ),
+            Self::Delete { group, kind } => (statements::DELETE, *group, *kind, None),
+        }
+    }
+
+    /// Runs the write on `conn` (PostgreSQL: one statement, its own transaction).
+    pub(super) async fn apply(&self, conn: &mut AnyConnection) -> StoreResult<WriteOutcome> {
+        let (sql, group, kind, row) = self.parts();
+        let mut query = sqlx::query(sql).bind(group.to_string()).bind(kind.as_str());
+        if let Some(row) = row {
+            query = query
+                .bind(row.id.to_string())
+                .bind(row.sealed.clone())
+                .bind(now_ms());
+        }
+        match self {
+            Self::Replace { .. } => {
+                let found = query.fetch_one(&mut *conn).await.map_err(classify)?;
+                let id: String = found.try_get(0).map_err(classify)?;
+                WriteOutcome::replaced(&id)
             }
-            Self::Replace { group, integration } => {
-                let id: String = sqlx::query_scalar(
-                    "insert into integration (group_id, type, id, config, created_at, updated_at) \
-                     values ($1, $2, $3, $4, $5, $5) \
-                     on conflict (group_id, type) do update \
-                     set config = excluded.config, updated_at = excluded.updated_at \
-                     returning id",
-                )
-                .bind(group.to_string())
-                .bind(integration.kind.as_str())
-                .bind(integration.id.to_string())
-                .bind(integration.sealed.clone())
-                .bind(now)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(classify)?;
-                ObjectId::parse(&id)
-                    .map(WriteOutcome::Id)
-                    .ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
-            }
-            Self::Delete { group, kind } => {
-                let done = sqlx::query("delete from integration where group_id = $1 and type = $2")
-                    .bind(group.to_string())
-                    .bind(kind.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
+            _ => {
+                let done = query.execute(&mut *conn).await.map_err(classify)?;
                 Ok(WriteOutcome::Done(done.rows_affected() > 0))
             }
         }
     }
 }
 
+impl WriteOutcome {
+    /// A replace's outcome from the id the database answered.
+    pub(super) fn replaced(id: &str) -> StoreResult<Self> {
+        ObjectId::parse(id)
+            .map(Self::Id)
+            .ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
+    }
+}
+
 const BUMP_EPOCH: &str = "update auth_epoch set value = value + 1 where id = 1";
 
 impl SqlStore {
-    /// A store over `read` and `write` pools; with `group_commit`, integration writes are
-    /// batched into shared transactions (SQLite).
-    pub(super) fn new(read: AnyPool, write: AnyPool, hot: Conns, group_commit: bool) -> Self {
-        let batcher = group_commit.then(|| Batcher::start(write.clone()));
+    /// A PostgreSQL store over a pool; integration reads are merged by `read_lanes` lanes
+    /// over the `hot` connections.
+    pub(super) fn pooled(pool: AnyPool, hot: Conns, read_lanes: usize) -> Self {
+        Self {
+            read: pool.clone(),
+            write: pool,
+            hot: HotPath::Pooled(ReadBatcher::start(std::sync::Arc::new(hot), read_lanes)),
+        }
+    }
+
+    /// An SQLite store: `read` and `write` pools for the rare statements, `direct` for
+    /// integrations and project lookups.
+    pub(super) fn direct(read: AnyPool, write: AnyPool, direct: Direct) -> Self {
         Self {
             read,
             write,
-            hot: std::sync::Arc::new(hot),
-            batcher,
+            hot: HotPath::Direct(std::sync::Arc::new(direct)),
         }
     }
 
     async fn write_integration(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
-        match &self.batcher {
-            Some(batcher) => batcher.submit(write).await,
-            None => {
+        match &self.hot {
+            HotPath::Direct(direct) => direct.write(write).await,
+            HotPath::Pooled(_) => {
                 let mut conn = self.write.acquire().await.map_err(classify)?;
                 write.apply(&mut conn).await
             }
@@ -265,16 +308,10 @@ impl Store for SqlStore {
     }
 
     async fn list_integrations(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>> {
-        let mut lease = self.hot.lease().await?;
-        let rows = sqlx::query(
-            "select id, type, config from integration where group_id = $1 order by seq",
-        )
-        .bind(group.to_string())
-        .fetch_all(lease.conn())
-        .await
-        .map_err(classify)?;
-        lease.finish();
-        rows.iter().map(integration_row).collect()
+        match &self.hot {
+            HotPath::Direct(direct) => direct.list(group).await,
+            HotPath::Pooled(reads) => reads.list(group).await,
+        }
     }
 
     async fn get_integration(
@@ -282,17 +319,10 @@ impl Store for SqlStore {
         group: GroupId,
         kind: IntegrationType,
     ) -> StoreResult<Option<StoredIntegration>> {
-        let mut lease = self.hot.lease().await?;
-        let row = sqlx::query(
-            "select id, type, config from integration where group_id = $1 and type = $2",
-        )
-        .bind(group.to_string())
-        .bind(kind.as_str())
-        .fetch_optional(lease.conn())
-        .await
-        .map_err(classify)?;
-        lease.finish();
-        row.as_ref().map(integration_row).transpose()
+        match &self.hot {
+            HotPath::Direct(direct) => direct.one(group, kind).await,
+            HotPath::Pooled(reads) => reads.one(group, kind).await,
+        }
     }
 
     async fn create_integration(
@@ -376,14 +406,10 @@ impl Store for SqlStore {
     }
 
     async fn project(&self, id: GroupId) -> StoreResult<Option<Project>> {
-        let mut lease = self.hot.lease().await?;
-        let row = sqlx::query("select id, org_id, name, created_at from project where id = $1")
-            .bind(id.to_string())
-            .fetch_optional(lease.conn())
-            .await
-            .map_err(classify)?;
-        lease.finish();
-        row.as_ref().map(project_row).transpose()
+        match &self.hot {
+            HotPath::Direct(direct) => direct.project(id).await,
+            HotPath::Pooled(reads) => reads.project(id).await,
+        }
     }
 
     async fn list_projects(&self, org: Option<OrgId>) -> StoreResult<Vec<Project>> {

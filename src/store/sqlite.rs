@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, Connection, Executor};
+use std::str::FromStr;
 
-use super::conns::Conns;
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::Executor;
+
+use super::direct::Direct;
 
 use super::SqlStore;
 
@@ -18,8 +21,15 @@ const PRAGMAS: &str = "pragma journal_mode = wal; pragma synchronous = full; \
                        pragma foreign_keys = on; pragma busy_timeout = 10000;";
 
 /// Opens (creating if needed) the SQLite database a `sqlite:` URL names.
-pub async fn open(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
+pub async fn open(url: &str) -> anyhow::Result<SqlStore> {
     let url = with_create_mode(url);
+    let path = SqliteConnectOptions::from_str(&url)
+        .context("invalid SQLite URL")?
+        .get_filename()
+        .to_owned();
+    if path.as_os_str() == ":memory:" || url.contains("mode=memory") {
+        anyhow::bail!("an in-memory SQLite database is not supported: name a file");
+    }
     let options = |max: u32| {
         AnyPoolOptions::new()
             .max_connections(max)
@@ -30,30 +40,17 @@ pub async fn open(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
             })
     };
     // One writer: SQLite serialises writers anyway, and a second writer connection would only
-    // wait on the lock while holding a pool slot.
+    // wait on the lock while holding a pool slot. It creates the file and turns WAL on.
     let write = options(1)
         .connect(&url)
         .await
         .with_context(|| "cannot open the SQLite database")?;
-    // The hot reads have their own connections (`Conns`); this pool serves the rest.
     let read = options(2)
         .connect(&url)
         .await
         .with_context(|| "cannot open the SQLite database")?;
-    // More concurrent readers than cores only adds SQLite worker threads and page caches.
-    let hot = Conns::new(
-        pool_size.clamp(1, 4) as usize,
-        Duration::from_secs(30),
-        Box::new(move || {
-            let url = url.clone();
-            Box::pin(async move {
-                let mut conn = AnyConnection::connect(&url).await?;
-                conn.execute(PRAGMAS).await?;
-                Ok(conn)
-            })
-        }),
-    );
-    Ok(SqlStore::new(read, write, hot, true))
+    let direct = Direct::open(&path)?;
+    Ok(SqlStore::direct(read, write, direct))
 }
 
 /// Runs the embedded SQLite migrations.
