@@ -39,7 +39,7 @@ pub struct CachedKey {
     pub org_id: OrgId,
     /// Its organization role.
     pub org_role: OrgRole,
-    private_key: SecretString,
+    ha1: digest::Ha1,
     project_roles: HashMap<GroupId, ProjectRole>,
     access_list: Vec<IpNet>,
 }
@@ -182,7 +182,8 @@ impl Authenticator {
             .ring()
             .decrypt(&private_key_aad(&key.public_key), &key.sealed_private_key)
             .ok()?;
-        let text = std::str::from_utf8(plain.expose_secret()).ok()?.to_owned();
+        let text = SecretString::from(std::str::from_utf8(plain.expose_secret()).ok()?);
+        let text = text.expose_secret();
         let access_list = key
             .access_list
             .iter()
@@ -193,7 +194,7 @@ impl Authenticator {
             public_key: key.public_key.clone(),
             org_id: key.org_id,
             org_role: key.org_role,
-            private_key: SecretString::from(text),
+            ha1: digest::Ha1::new(&key.public_key, text),
             project_roles: key.project_roles.iter().copied().collect(),
             access_list,
         })
@@ -277,10 +278,10 @@ impl Authenticator {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(key) = keys.get(&creds.username) else {
             // Same work as for a known key, so timing does not tell which keys exist.
-            let _ = digest::verify(creds, method, "00000000-0000-0000-0000-000000000000");
+            let _ = digest::verify_ha1(creds, method, unknown_key_ha1());
             return Err(AuthFailure::Denied);
         };
-        if !digest::verify(creds, method, key.private_key.expose_secret()) {
+        if !digest::verify_ha1(creds, method, &key.ha1) {
             return Err(AuthFailure::Denied);
         }
         if stale {
@@ -334,6 +335,13 @@ impl Authenticator {
         projects.insert(group, org);
         Ok(org)
     }
+}
+
+/// The HA1 checked against when the username is no key's, so that an unknown key costs the
+/// same work as a known one.
+fn unknown_key_ha1() -> &'static digest::Ha1 {
+    static HA1: std::sync::OnceLock<digest::Ha1> = std::sync::OnceLock::new();
+    HA1.get_or_init(|| digest::Ha1::new("unknown", "00000000-0000-0000-0000-000000000000"))
 }
 
 /// Whether `client` may use `key` (an empty access list allows every address).

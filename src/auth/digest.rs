@@ -30,6 +30,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use rand::RngCore;
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -242,7 +243,7 @@ struct Cursor<'a> {
     pos: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -258,7 +259,7 @@ impl Cursor<'_> {
     }
 
     /// Reads `1*tchar`.
-    fn token(&mut self) -> Result<&str, ParseError> {
+    fn token(&mut self) -> Result<&'a str, ParseError> {
         let start = self.pos;
         while self.peek().is_some_and(is_tchar) {
             self.pos += 1;
@@ -266,14 +267,17 @@ impl Cursor<'_> {
         if self.pos == start {
             return Err(self.malformed());
         }
-        std::str::from_utf8(self.bytes.get(start..self.pos).unwrap_or_default())
+        let bytes: &'a [u8] = self.bytes;
+        std::str::from_utf8(bytes.get(start..self.pos).unwrap_or_default())
             .map_err(|_| ParseError::Malformed { offset: start })
     }
 
-    /// Reads an RFC 7230 `quoted-string`, the cursor being on the opening quote.
+    /// Reads an RFC 7230 `quoted-string`, the cursor being on the opening quote. The
+    /// common case, no escapes, is one copy of the checked span.
     fn quoted_string(&mut self) -> Result<String, ParseError> {
         self.pos += 1;
-        let mut out = Vec::new();
+        let start = self.pos;
+        let mut escaped = false;
         loop {
             let Some(b) = self.peek() else {
                 return Err(ParseError::UnterminatedQuote);
@@ -282,19 +286,16 @@ impl Cursor<'_> {
             match b {
                 b'"' => break,
                 b'\\' => {
-                    let Some(escaped) = self.peek() else {
+                    let Some(next) = self.peek() else {
                         return Err(ParseError::UnterminatedQuote);
                     };
-                    if !(escaped == b'\t'
-                        || escaped == b' '
-                        || (escaped >= 0x21 && escaped != 0x7f))
-                    {
+                    if !(next == b'\t' || next == b' ' || (next >= 0x21 && next != 0x7f)) {
                         return Err(self.malformed());
                     }
                     self.pos += 1;
-                    out.push(escaped);
+                    escaped = true;
                 }
-                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => out.push(b),
+                b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {}
                 _ => {
                     return Err(ParseError::Malformed {
                         offset: self.pos - 1,
@@ -302,6 +303,22 @@ impl Cursor<'_> {
                 }
             }
         }
+        let raw = self.bytes.get(start..self.pos - 1).unwrap_or_default();
+        let out = if escaped {
+            // Every backslash escapes the byte after it.
+            let mut out = Vec::with_capacity(raw.len());
+            let mut bytes = raw.iter();
+            while let Some(&b) = bytes.next() {
+                out.push(if b == b'\\' {
+                    *bytes.next().unwrap_or(&b)
+                } else {
+                    b
+                });
+            }
+            out
+        } else {
+            raw.to_vec()
+        };
         // Only whole UTF-8 sequences were copied (escapes only drop an ASCII backslash).
         String::from_utf8(out).map_err(|_| self.malformed())
     }
@@ -342,7 +359,7 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials, ParseError> {
             Some(_) if expect_separator => return Err(cur.malformed()),
             Some(_) => {}
         }
-        let name = cur.token()?.to_ascii_lowercase();
+        let name = cur.token()?;
         cur.skip_ows();
         if cur.peek() != Some(b'=') {
             return Err(cur.malformed());
@@ -354,15 +371,16 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials, ParseError> {
             _ => cur.token()?.to_owned(),
         };
         expect_separator = true;
-        match KNOWN.iter().position(|k| *k == name) {
+        match KNOWN.iter().position(|k| k.eq_ignore_ascii_case(name)) {
             Some(i) => {
                 let slot = values.get_mut(i).ok_or_else(|| cur.malformed())?;
                 if slot.is_some() {
-                    return Err(ParseError::DuplicateParameter(name));
+                    return Err(ParseError::DuplicateParameter(name.to_ascii_lowercase()));
                 }
                 *slot = Some(value);
             }
             None => {
+                let name = name.to_ascii_lowercase();
                 if unknown_seen.contains(&name) {
                     return Err(ParseError::DuplicateParameter(name));
                 }
@@ -471,19 +489,43 @@ pub fn hash_hex<D: Digest>(parts: &[&[u8]]) -> String {
     out
 }
 
-fn expected_response_with<D: Digest>(creds: &Credentials, method: &str, password: &str) -> String {
-    let mut ha1 = hash_hex::<D>(&[
-        creds.username.as_bytes(),
-        creds.realm.as_bytes(),
-        password.as_bytes(),
-    ]);
-    if creds.algorithm.is_session() {
-        ha1 = hash_hex::<D>(&[
+/// `H(username:realm:password)` for both algorithms, computed once per key rather than on
+/// every request. Password-equivalent: `Debug` does not show it.
+#[derive(Clone)]
+pub struct Ha1 {
+    md5: secrecy::SecretString,
+    sha256: secrecy::SecretString,
+}
+
+impl fmt::Debug for Ha1 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ha1(<redacted>)")
+    }
+}
+
+impl Ha1 {
+    /// The HA1 values of `username` with `password` in [`REALM`].
+    pub fn new(username: &str, password: &str) -> Self {
+        let parts = [username.as_bytes(), REALM.as_bytes(), password.as_bytes()];
+        Self {
+            md5: hash_hex::<Md5>(&parts).into(),
+            sha256: hash_hex::<Sha256>(&parts).into(),
+        }
+    }
+}
+
+fn response_from_ha1<D: Digest>(creds: &Credentials, method: &str, ha1: &str) -> String {
+    let session;
+    let ha1 = if creds.algorithm.is_session() {
+        session = hash_hex::<D>(&[
             ha1.as_bytes(),
             creds.nonce.as_bytes(),
             creds.cnonce.as_bytes(),
         ]);
-    }
+        &session
+    } else {
+        ha1
+    };
     let ha2 = hash_hex::<D>(&[method.as_bytes(), creds.uri.as_bytes()]);
     hash_hex::<D>(&[
         ha1.as_bytes(),
@@ -493,6 +535,15 @@ fn expected_response_with<D: Digest>(creds: &Credentials, method: &str, password
         b"auth",
         ha2.as_bytes(),
     ])
+}
+
+fn expected_response_with<D: Digest>(creds: &Credentials, method: &str, password: &str) -> String {
+    let ha1 = hash_hex::<D>(&[
+        creds.username.as_bytes(),
+        creds.realm.as_bytes(),
+        password.as_bytes(),
+    ]);
+    response_from_ha1::<D>(creds, method, &ha1)
 }
 
 /// Computes the digest response a client knowing `password` would send
@@ -518,6 +569,20 @@ pub fn verify(creds: &Credentials, method: &str, password: &str) -> bool {
     let expected = expected_response(creds, method, password);
     let given = creds.response.to_ascii_lowercase();
     bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// [`verify`] from the key's precomputed [`Ha1`] (of `creds.username` in [`REALM`], which
+/// parsing guarantees `creds.realm` is), compared in constant time.
+pub fn verify_ha1(creds: &Credentials, method: &str, ha1: &Ha1) -> bool {
+    let expected = match creds.algorithm {
+        Algorithm::Md5 | Algorithm::Md5Sess => {
+            response_from_ha1::<Md5>(creds, method, ha1.md5.expose_secret())
+        }
+        Algorithm::Sha256 | Algorithm::Sha256Sess => {
+            response_from_ha1::<Sha256>(creds, method, ha1.sha256.expose_secret())
+        }
+    };
+    bool::from(expected.as_bytes().ct_eq(creds.response.as_bytes()))
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -1343,6 +1408,28 @@ mod tests {
             key.check(&parsed.nonce, now, Duration::from_secs(300)),
             NonceStatus::Valid { .. }
         ));
+    }
+
+    #[test]
+    fn precomputed_ha1_verifies_exactly_like_the_password() {
+        for algorithm in [
+            Algorithm::Md5,
+            Algorithm::Md5Sess,
+            Algorithm::Sha256,
+            Algorithm::Sha256Sess,
+        ] {
+            let mut creds = rfc7616_creds(algorithm, "");
+            creds.realm = REALM.into();
+            creds.response = expected_response(&creds, "GET", "secret");
+            let right = Ha1::new(&creds.username, "secret");
+            let wrong = Ha1::new(&creds.username, "secreT");
+            let other_user = Ha1::new("someone-else", "secret");
+            assert!(verify_ha1(&creds, "GET", &right), "{algorithm:?}");
+            assert!(!verify_ha1(&creds, "PUT", &right), "{algorithm:?}");
+            assert!(!verify_ha1(&creds, "GET", &wrong), "{algorithm:?}");
+            assert!(!verify_ha1(&creds, "GET", &other_user), "{algorithm:?}");
+            assert_eq!(format!("{right:?}"), "Ha1(<redacted>)");
+        }
     }
 
     #[test]
