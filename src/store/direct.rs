@@ -2,63 +2,71 @@
 //!
 //! sqlx runs every SQLite connection on a worker thread of its own and hands each statement
 //! and each row over with channels. The benchmark's profile of a GET showed that hand-off
-//! (futex waits, context switches on both sides) costing more than the lookup itself. Here:
+//! (futex waits, context switches on both sides) costing more than the lookup itself, and,
+//! once the lookups ran inline, the start and end of each lookup's read transaction costing
+//! three times the lookup. Here:
 //!
-//! - **reads** run inline, on the task's own thread, on a small stash of read-only
-//!   connections: a point lookup in WAL mode never waits for a writer and takes a few
-//!   microseconds. A connection opens with no busy timeout, so an inline read can never
-//!   sleep; in the rare case SQLite answers "busy" (another process recovering the WAL),
-//!   the read is retried on a blocking thread that may wait, like every other statement,
-//!   up to the busy timeout.
+//! - **reads** are answered by two lane tasks, each taking every read waiting and running
+//!   them inline, in one read transaction (`reads.rs`): one transaction per batch and no
+//!   hand-off to another thread (an earlier version with reader threads doubled the p99
+//!   latency: on two cores, extra runnable threads wait for a time slice). The transaction
+//!   starts after every read of the batch was asked for, so each sees every write
+//!   acknowledged before it was asked, from this process or another. A lane's connection
+//!   never waits for a lock: in the rare case SQLite answers "busy" (another process
+//!   recovering the WAL), the batch is read again on a blocking thread that may wait.
 //! - **writes** go to one writer thread that commits everything waiting in one transaction
-//!   (see `batch.rs`).
+//!   (`batch.rs`).
 //!
 //! sqlx keeps the rest: migrations, and the statements of the CLI and of authentication,
 //! which are rare. Both drivers link the same SQLite library (`libsqlite3-sys`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
 
 use super::batch::Writer;
+use super::reads::{Found, Keys, ReadBatcher};
 use super::sql::{statements, IntegrationWrite, WriteOutcome};
 use super::{Project, StoreError, StoreResult, StoredIntegration};
 use crate::domain::ids::{GroupId, ObjectId};
 use crate::domain::integration::IntegrationType;
 
-/// Read connections kept open.
-const READERS: usize = 4;
+/// Read lanes: two, so that one batch can be read while another is being taken.
+const READERS: usize = 2;
 
-/// How long a statement that may wait waits for a lock, as on the sqlx connections.
+/// How long a statement waits for a lock, as on the sqlx connections.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The direct connections to one SQLite file.
+#[derive(Debug)]
 pub struct Direct {
-    path: PathBuf,
-    readers: Mutex<Vec<Connection>>,
+    reads: ReadBatcher,
     writer: Writer,
 }
 
-impl std::fmt::Debug for Direct {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Direct")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+/// A lane's connection, opened on first use and again after an error.
+struct Reader {
+    path: PathBuf,
+    conn: Option<Connection>,
 }
 
 impl Direct {
-    /// Opens the writer (and its thread) on the database file at `path`.
+    /// Opens the writer and starts the read lanes and the writer thread on the database
+    /// file at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let writer = Writer::start(open_writer(path)?)?;
-        Ok(Self {
-            path: path.to_owned(),
-            readers: Mutex::new(Vec::with_capacity(READERS)),
-            writer,
-        })
+        let path = path.to_owned();
+        let reads = ReadBatcher::start_inline(
+            READERS,
+            std::sync::Arc::new(move || Reader {
+                path: path.clone(),
+                conn: None,
+            }),
+            read_batch,
+        );
+        Ok(Self { reads, writer })
     }
 
     /// One integration of a project.
@@ -67,104 +75,128 @@ impl Direct {
         group: GroupId,
         kind: IntegrationType,
     ) -> StoreResult<Option<StoredIntegration>> {
-        self.read(move |conn| {
-            let mut statement = conn.prepare_cached(statements::ONE)?;
-            statement
-                .query_row((group.to_string(), kind.as_str()), integration_row)
-                .optional()
-        })
-        .await?
-        .transpose()
+        self.reads.one(group, kind).await
     }
 
     /// A project's integrations in creation order.
     pub async fn list(&self, group: GroupId) -> StoreResult<Vec<StoredIntegration>> {
-        let rows = self
-            .read(move |conn| {
-                let mut statement = conn.prepare_cached(statements::LIST)?;
-                let rows = statement.query_map([group.to_string()], integration_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        rows.into_iter().collect()
+        self.reads.list(group).await
     }
 
     /// A project.
     pub async fn project(&self, group: GroupId) -> StoreResult<Option<Project>> {
-        self.read(move |conn| {
-            let mut statement = conn.prepare_cached(statements::PROJECT)?;
-            statement
-                .query_row([group.to_string()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                })
-                .optional()
-        })
-        .await?
-        .map(|(id, org_id, name, created_at)| {
-            Ok(Project {
-                id: parse_id(&id)?,
-                org_id: parse_id(&org_id)?,
-                name,
-                created_at,
-            })
-        })
-        .transpose()
+        self.reads.project(group).await
     }
 
     /// Runs an integration write in the writer's next group commit.
     pub async fn write(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
         self.writer.submit(write).await
     }
+}
 
-    /// Runs `read` inline on a stashed (or new) read connection; on "busy", again on a
-    /// blocking thread with a connection that waits.
-    async fn read<T, F>(&self, read: F) -> StoreResult<T>
-    where
-        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let stashed = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match stashed {
-            Some(conn) => conn,
-            None => open_reader(&self.path, Duration::ZERO).map_err(classify)?,
-        };
-        match read(&conn) {
-            Ok(found) => {
-                let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-                if readers.len() < READERS {
-                    readers.push(conn);
-                }
-                Ok(found)
-            }
-            Err(err) if is_busy(&err) => {
-                drop(conn);
-                let path = self.path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = open_reader(&path, BUSY_TIMEOUT)?;
-                    read(&conn)
-                })
-                .await
-                .map_err(|_| StoreError::Unavailable("the read was interrupted".into()))?
-                .map_err(classify)
-            }
-            // The connection is dropped: a broken one is never used again.
-            Err(err) => Err(classify(err)),
+/// Answers a batch of reads in one read transaction (none for a single lookup); `None` when
+/// the database is locked and `wait` is false. After an error the connection is dropped
+/// and the next batch opens a new one.
+fn read_batch(reader: &mut Reader, keys: &Keys, wait: bool) -> Option<StoreResult<Found>> {
+    let conn = match reader.conn.take() {
+        Some(conn) => conn,
+        None => match open_reader(&reader.path) {
+            Ok(conn) => conn,
+            Err(err) => return Some(Err(classify(err))),
+        },
+    };
+    let timeout = if wait { BUSY_TIMEOUT } else { Duration::ZERO };
+    if let Err(err) = conn.busy_timeout(timeout) {
+        return Some(Err(classify(err)));
+    }
+    match lookups(&conn, keys) {
+        Ok(found) => {
+            reader.conn = Some(conn);
+            Some(found)
         }
+        Err(err) if !wait && is_busy(&err) => None,
+        Err(err) => Some(Err(classify(err))),
     }
 }
 
-fn open_reader(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn lookups(conn: &Connection, keys: &Keys) -> rusqlite::Result<StoreResult<Found>> {
+    let count = keys.points.len() + keys.groups.len() + keys.projects.len();
+    let tx = if count > 1 {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
+    let mut found = Found::default();
+    let mut one = conn.prepare_cached(statements::ONE)?;
+    for &(group, kind) in &keys.points {
+        let row = one
+            .query_row((group.to_string(), kind.as_str()), integration_row)
+            .optional()?;
+        match row.transpose() {
+            Ok(Some(row)) => {
+                found.points.insert((group, kind), row);
+            }
+            Ok(None) => {}
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    let mut list = conn.prepare_cached(statements::LIST)?;
+    for &group in &keys.groups {
+        let rows = list
+            .query_map([group.to_string()], integration_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        match rows.into_iter().collect::<StoreResult<Vec<_>>>() {
+            Ok(rows) => {
+                found.lists.insert(group, rows);
+            }
+            Err(err) => return Ok(Err(err)),
+        }
+    }
+    let mut project = conn.prepare_cached(statements::PROJECT)?;
+    for &group in &keys.projects {
+        let row = project
+            .query_row([group.to_string()], |row| {
+                Ok((
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()?;
+        if let Some((org_id, name, created_at)) = row {
+            let org_id = match parse_id(&org_id) {
+                Ok(id) => id,
+                Err(err) => return Ok(Err(err)),
+            };
+            found.projects.insert(
+                group,
+                Project {
+                    id: group,
+                    org_id,
+                    name,
+                    created_at,
+                },
+            );
+        }
+    }
+    if let Some(tx) = tx {
+        tx.commit()?;
+    }
+    Ok(Ok(found))
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(busy)?;
-    Ok(conn)
+    )
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {
@@ -183,7 +215,7 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// A row of `statements::ONE` or `LIST`; a row this server could not have written is an
-/// error for its reader only.
+/// error for the batch, reported without dropping the connection.
 fn integration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<StoredIntegration>> {
     let id: String = row.get(0)?;
     let kind: String = row.get(1)?;
@@ -201,13 +233,6 @@ fn integration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<Stor
 
 fn parse_id(text: &str) -> StoreResult<ObjectId> {
     ObjectId::parse(text).ok_or_else(|| StoreError::Other(anyhow!("bad id in database")))
-}
-
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
 }
 
 /// Maps a SQLite error to the store's error kinds, as `sql::classify` does for sqlx's.

@@ -16,7 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 
 /// Lanes merging integration reads: each holds one connection while its query runs, and
 /// fewer, fuller batches cost PostgreSQL less than many small ones.
-const READ_LANES: usize = 4;
+const READ_LANES: usize = 2;
 
 /// Connects a pool of `pool_size` connections to the database a `postgres:` URL names.
 pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {

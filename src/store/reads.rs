@@ -1,13 +1,15 @@
-//! Concurrent integration reads merged into shared queries ("read group commit").
+//! Concurrent integration and project reads answered together ("read group commit").
 //!
 //! The benchmark's profiles showed the per-query overhead, not the lookup, dominating a GET:
-//! on SQLite the hand-off of every statement to the connection's worker thread (futex waits,
-//! context switches), on PostgreSQL one network round trip and one executor start per
-//! request, which cost PostgreSQL more CPU than the whole request cost this server. So reads
-//! that arrive together are answered by one query: a few lane tasks each take everything
-//! waiting (up to [`MAX_READS`]) and run at most three statements for it: one for the single
+//! on PostgreSQL one network round trip and one executor start per request, which cost
+//! PostgreSQL more CPU than the whole request cost this server; on SQLite the start and end
+//! of a read transaction (shared-memory locks, `fcntl`, contention between threads), three
+//! times the lookup itself. So reads that arrive together are answered together: a few lanes
+//! each take everything waiting (up to [`MAX_READS`]) and answer it at once. On PostgreSQL a
+//! lane is a task running at most three statements for the batch (one for the single
 //! integrations asked for, one for the projects whose list was asked for, one for the
-//! projects themselves (the authenticator's first look at a project).
+//! projects themselves, the authenticator's first look at a project); on SQLite a lane is a
+//! thread running the batch's lookups in one read transaction (`direct.rs`).
 //!
 //! Nothing is cached: every read is answered by a query that started after the read was
 //! asked for, so it sees every write acknowledged before it, from this process or another.
@@ -38,7 +40,8 @@ type One = StoreResult<Option<StoredIntegration>>;
 type List = StoreResult<Vec<StoredIntegration>>;
 type OneProject = StoreResult<Option<Project>>;
 
-enum Read {
+/// One read waiting for its lane.
+pub(super) enum Read {
     One {
         group: GroupId,
         kind: IntegrationType,
@@ -61,12 +64,30 @@ pub struct ReadBatcher {
 }
 
 impl ReadBatcher {
-    /// Starts `lanes` lane tasks reading through `conns`.
+    /// Starts `lanes` lane tasks reading through `conns` (PostgreSQL).
     pub fn start(conns: Arc<Conns>, lanes: usize) -> Self {
         let (queue, reads) = mpsc::channel(MAX_READS * 32);
         let reads = Arc::new(Mutex::new(reads));
         for _ in 0..lanes.max(1) {
             tokio::spawn(lane(Arc::clone(&conns), Arc::clone(&reads)));
+        }
+        Self { queue }
+    }
+
+    /// Starts `lanes` lane tasks, each with its own `state` (made by `make`), answering
+    /// every batch inline with `fetch(state, keys, false)` (SQLite: a batch of lookups takes
+    /// tens of microseconds, less than a hand-off to another thread). When that answers
+    /// `None` (it would have to wait for a lock), the batch is answered again on a blocking
+    /// thread, from a fresh state, with `fetch(state, keys, true)`.
+    pub fn start_inline<S: Send + 'static>(
+        lanes: usize,
+        make: Arc<dyn Fn() -> S + Send + Sync>,
+        fetch: Fetch<S>,
+    ) -> Self {
+        let (queue, reads) = mpsc::channel(MAX_READS * 32);
+        let reads = Arc::new(Mutex::new(reads));
+        for _ in 0..lanes.max(1) {
+            tokio::spawn(inline_lane(Arc::clone(&make), fetch, Arc::clone(&reads)));
         }
         Self { queue }
     }
@@ -101,6 +122,39 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("the reader has stopped".into())
 }
 
+/// Answers a batch from a lane's state; `None` when it would have to wait and may not.
+pub(super) type Fetch<S> = fn(&mut S, &Keys, bool) -> Option<StoreResult<Found>>;
+
+async fn inline_lane<S: Send + 'static>(
+    make: Arc<dyn Fn() -> S + Send + Sync>,
+    fetch: Fetch<S>,
+    reads: Arc<Mutex<mpsc::Receiver<Read>>>,
+) {
+    let mut state = make();
+    let mut batch = Vec::with_capacity(MAX_READS);
+    loop {
+        let taken = reads.lock().await.recv_many(&mut batch, MAX_READS).await;
+        if taken == 0 {
+            return;
+        }
+        let keys = Keys::of(&batch);
+        let found = match fetch(&mut state, &keys, false) {
+            Some(found) => found,
+            None => {
+                let make = Arc::clone(&make);
+                tokio::task::spawn_blocking(move || {
+                    fetch(&mut make(), &keys, true).unwrap_or_else(|| {
+                        Err(StoreError::Unavailable("the database is locked".into()))
+                    })
+                })
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the read was interrupted".into())))
+            }
+        };
+        answer(&mut batch, found);
+    }
+}
+
 async fn lane(conns: Arc<Conns>, reads: Arc<Mutex<mpsc::Receiver<Read>>>) {
     let mut batch = Vec::with_capacity(MAX_READS);
     loop {
@@ -108,26 +162,43 @@ async fn lane(conns: Arc<Conns>, reads: Arc<Mutex<mpsc::Receiver<Read>>>) {
         if taken == 0 {
             return;
         }
-        serve(&conns, &mut batch).await;
+        let keys = Keys::of(&batch);
+        let found = query(&conns, &keys).await;
+        answer(&mut batch, found);
     }
 }
 
-/// Answers every read of `batch` (and empties it).
-async fn serve(conns: &Conns, batch: &mut Vec<Read>) {
-    let mut points: Vec<(GroupId, IntegrationType)> = Vec::new();
-    let mut groups: Vec<GroupId> = Vec::new();
-    let mut projects: Vec<GroupId> = Vec::new();
-    for read in batch.iter() {
-        match read {
-            Read::One { group, kind, .. } => points.push((*group, *kind)),
-            Read::List { group, .. } => groups.push(*group),
-            Read::Project { group, .. } => projects.push(*group),
+/// The distinct keys a batch asks for.
+#[derive(Debug, Default)]
+pub(super) struct Keys {
+    /// Single integrations.
+    pub points: Vec<(GroupId, IntegrationType)>,
+    /// Projects whose list is asked for.
+    pub groups: Vec<GroupId>,
+    /// Projects.
+    pub projects: Vec<GroupId>,
+}
+
+impl Keys {
+    fn of(batch: &[Read]) -> Self {
+        let mut keys = Self::default();
+        for read in batch {
+            match read {
+                Read::One { group, kind, .. } => keys.points.push((*group, *kind)),
+                Read::List { group, .. } => keys.groups.push(*group),
+                Read::Project { group, .. } => keys.projects.push(*group),
+            }
         }
+        dedup(&mut keys.points);
+        dedup(&mut keys.groups);
+        dedup(&mut keys.projects);
+        keys
     }
-    dedup(&mut points);
-    dedup(&mut groups);
-    dedup(&mut projects);
-    let found = match query(conns, &points, &groups, &projects).await {
+}
+
+/// Answers every read of `batch` from `found` (and empties it).
+fn answer(batch: &mut Vec<Read>, found: StoreResult<Found>) {
+    let found = match found {
         Ok(found) => found,
         Err(err) => return fail_all(batch, &err),
     };
@@ -153,18 +224,21 @@ fn dedup<T: Ord>(keys: &mut Vec<T>) {
 
 /// Rows found, by key.
 #[derive(Default)]
-struct Found {
-    points: HashMap<(GroupId, IntegrationType), StoredIntegration>,
-    lists: HashMap<GroupId, Vec<StoredIntegration>>,
-    projects: HashMap<GroupId, Project>,
+pub(super) struct Found {
+    /// Single integrations.
+    pub points: HashMap<(GroupId, IntegrationType), StoredIntegration>,
+    /// Lists, in creation order.
+    pub lists: HashMap<GroupId, Vec<StoredIntegration>>,
+    /// Projects.
+    pub projects: HashMap<GroupId, Project>,
 }
 
-async fn query(
-    conns: &Conns,
-    points: &[(GroupId, IntegrationType)],
-    groups: &[GroupId],
-    projects: &[GroupId],
-) -> StoreResult<Found> {
+async fn query(conns: &Conns, keys: &Keys) -> StoreResult<Found> {
+    let Keys {
+        points,
+        groups,
+        projects,
+    } = keys;
     let mut found = Found::default();
     let mut lease = conns.lease().await?;
     if !points.is_empty() {
