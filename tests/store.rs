@@ -799,6 +799,62 @@ async fn sixteen_concurrent_creates_of_one_type_on_postgres_give_one_success_and
     concurrent_creates(Arc::clone(&fresh.store)).await;
 }
 
+/// The writes that answer the project's list (POST and PUT): the list is the one the write
+/// left, in creation order, with a replaced row keeping its id and place; a refused create
+/// writes nothing.
+async fn listed_writes(store: Arc<dyn Store>) {
+    let org = org("Org", now_ms());
+    store.create_org(&org).await.expect("create org");
+    let group = project(&org, "p", now_ms());
+    store.create_project(&group).await.expect("create project");
+    let group = group.id;
+    let slack = integration(IntegrationType::Slack, b"slack 1");
+    let webhook = integration(IntegrationType::Webhook, b"webhook 1");
+    assert_eq!(
+        store
+            .create_integration_listed(group, &slack)
+            .await
+            .expect("create"),
+        std::slice::from_ref(&slack)
+    );
+    assert_eq!(
+        store
+            .create_integration_listed(group, &webhook)
+            .await
+            .expect("create"),
+        [slack.clone(), webhook.clone()]
+    );
+    let again = integration(IntegrationType::Slack, b"slack 2");
+    assert!(matches!(
+        store.create_integration_listed(group, &again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let replaced = store
+        .replace_integration_listed(group, &again)
+        .await
+        .expect("replace");
+    let kept = StoredIntegration {
+        id: slack.id,
+        ..again.clone()
+    };
+    assert_eq!(replaced, [kept.clone(), webhook.clone()]);
+    assert_eq!(integrations(store.as_ref(), group).await, [kept, webhook]);
+}
+
+#[tokio::test]
+async fn listed_writes_on_sqlite_answer_the_list_they_left() {
+    let fresh = fresh_sqlite(8).await;
+    listed_writes(Arc::clone(&fresh.store)).await;
+}
+
+#[tokio::test]
+async fn listed_writes_on_postgres_answer_the_list_they_left() {
+    let Some(fresh) = fresh_postgres(8).await else {
+        return;
+    };
+    listed_writes(Arc::clone(&fresh.store)).await;
+}
+
 /// Many reads at once (merged into shared queries by the store): every one gets exactly its
 /// own rows — the asked type or none, a project's list in creation order — whether the
 /// others asked for the same key, another type, another project or a list.

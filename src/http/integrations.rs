@@ -99,6 +99,11 @@ async fn open_stored(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::R
 /// Atlas: <https://www.mongodb.com/docs/atlas/reference/api-resources-spec/v2/#tag/Third-Party-Integrations/operation/listGroupIntegrations>
 pub async fn list_integrations(ctx: &Context<'_>) -> Result<Reply> {
     let stored = ctx.state.store.list_integrations(ctx.group).await?;
+    render_list(ctx, &stored).await
+}
+
+/// The list object for a project's stored integrations.
+async fn render_list(ctx: &Context<'_>, stored: &[StoredIntegration]) -> Result<Reply> {
     let mut rendered = Vec::with_capacity(stored.len());
     for s in stored.iter().filter(|s| s.kind.available_in(ctx.version)) {
         match open_stored(ctx, s).await {
@@ -178,8 +183,13 @@ pub async fn create_integration(
         kind,
         sealed: seal(&ctx.state.keyring.ring(), ctx.group, &config),
     };
-    match ctx.state.store.create_integration(ctx.group, &stored).await {
-        Ok(()) => {}
+    let listed = match ctx
+        .state
+        .store
+        .create_integration_listed(ctx.group, &stored)
+        .await
+    {
+        Ok(listed) => listed,
         Err(StoreError::Conflict(_)) => {
             return Err(ApiError::new(
                 ErrorCode::IntegrationAlreadyConfigured,
@@ -187,8 +197,8 @@ pub async fn create_integration(
             ))
         }
         Err(other) => return Err(other.into()),
-    }
-    list_integrations(ctx).await
+    };
+    render_list(ctx, &listed).await
 }
 
 /// `PUT /groups/{groupId}/integrations/{type}`: replaces the whole configuration, or creates
@@ -217,11 +227,12 @@ pub async fn update_integration(
         kind,
         sealed: seal(&ctx.state.keyring.ring(), ctx.group, &config),
     };
-    ctx.state
+    let listed = ctx
+        .state
         .store
-        .replace_integration(ctx.group, &stored)
+        .replace_integration_listed(ctx.group, &stored)
         .await?;
-    list_integrations(ctx).await
+    render_list(ctx, &listed).await
 }
 
 /// `DELETE /groups/{groupId}/integrations/{type}`: 204, or 404 when not configured.

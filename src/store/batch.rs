@@ -11,14 +11,24 @@
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::direct::classify;
+use super::direct::{classify, list};
 use super::sql::{IntegrationWrite, WriteOutcome};
-use super::{now_ms, StoreError, StoreResult};
+use super::{now_ms, StoreError, StoreResult, StoredIntegration};
 
 /// The most writes committed together.
 pub const MAX_BATCH: usize = 256;
 
-type Job = (IntegrationWrite, oneshot::Sender<StoreResult<WriteOutcome>>);
+const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A write's outcome, and the project's integrations right after it when asked for.
+type Written = (WriteOutcome, Option<Vec<StoredIntegration>>);
+
+/// A write, whether to list the project after it, and where to answer.
+type Job = (
+    IntegrationWrite,
+    bool,
+    oneshot::Sender<StoreResult<Written>>,
+);
 
 /// The queue in front of the writer thread.
 #[derive(Debug, Clone)]
@@ -36,11 +46,12 @@ impl Writer {
         Ok(Self { queue })
     }
 
-    /// Runs one write in the next batch and waits for its commit.
-    pub async fn submit(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
+    /// Runs one write in the next batch and waits for its commit; with `list`, the answer
+    /// also holds the project's integrations as the write left them.
+    pub async fn submit(&self, write: IntegrationWrite, list: bool) -> StoreResult<Written> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((write, tx))
+            .send((write, list, tx))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         rx.await
@@ -50,7 +61,12 @@ impl Writer {
 
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut last_commit = std::time::Instant::now();
     while let Some(job) = jobs.blocking_recv() {
+        let since = last_commit.elapsed();
+        if since < COMMIT_INTERVAL {
+            std::thread::sleep(COMMIT_INTERVAL - since);
+        }
         batch.push(job);
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -59,14 +75,15 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         commit_batch(&conn, &mut batch);
+        last_commit = std::time::Instant::now();
     }
 }
 
 fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     if batch.len() == 1 {
         // Nothing to share a commit with: autocommit saves the savepoint statements.
-        if let Some((write, reply)) = batch.pop() {
-            let _ = reply.send(apply(conn, &write));
+        if let Some((write, list, reply)) = batch.pop() {
+            let _ = reply.send(apply(conn, &write, list));
         }
         return;
     }
@@ -74,11 +91,11 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
         return fail_all(batch, &classify(err));
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (write, _) in batch.iter() {
+    for (write, list, _) in batch.iter() {
         if let Err(err) = conn.execute_batch("savepoint w") {
             return abandon(conn, batch, &classify(err));
         }
-        let outcome = apply(conn, write);
+        let outcome = apply(conn, write, *list);
         let end = if outcome.is_ok() {
             "release savepoint w"
         } else {
@@ -92,13 +109,22 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     if let Err(err) = conn.execute_batch("commit") {
         return abandon(conn, batch, &classify(err));
     }
-    for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+    for ((_, _, reply), outcome) in batch.drain(..).zip(outcomes) {
         let _ = reply.send(outcome);
     }
 }
 
-/// Runs one write on `conn`.
-fn apply(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
+/// Runs one write on `conn`, then with `listed` reads the project's integrations.
+fn apply(conn: &Connection, write: &IntegrationWrite, listed: bool) -> StoreResult<Written> {
+    let outcome = write_one(conn, write)?;
+    if !listed {
+        return Ok((outcome, None));
+    }
+    let rows = list(conn, write.parts().1).map_err(classify)??;
+    Ok((outcome, Some(rows)))
+}
+
+fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
     let (sql, group, kind, row) = write.parts();
     let mut statement = conn.prepare_cached(sql).map_err(classify)?;
     let group = group.to_string();
@@ -149,7 +175,7 @@ fn abandon(conn: &Connection, batch: &mut Vec<Job>, err: &StoreError) {
 
 fn fail_all(batch: &mut Vec<Job>, err: &StoreError) {
     let message = err.to_string();
-    for (_, reply) in batch.drain(..) {
+    for (_, _, reply) in batch.drain(..) {
         let _ = reply.send(Err(match err {
             StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
             _ => StoreError::Other(anyhow::anyhow!("batch commit failed: {message}")),

@@ -88,9 +88,14 @@ impl Direct {
         self.reads.project(group).await
     }
 
-    /// Runs an integration write in the writer's next group commit.
-    pub async fn write(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
-        self.writer.submit(write).await
+    /// Runs an integration write in the writer's next group commit; with `list`, also
+    /// answers the project's integrations as the write left them.
+    pub async fn write(
+        &self,
+        write: IntegrationWrite,
+        list: bool,
+    ) -> StoreResult<(WriteOutcome, Option<Vec<StoredIntegration>>)> {
+        self.writer.submit(write, list).await
     }
 }
 
@@ -126,6 +131,18 @@ fn is_busy(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// A project's integrations in creation order, on `conn`.
+pub(super) fn list(
+    conn: &Connection,
+    group: GroupId,
+) -> rusqlite::Result<StoreResult<Vec<StoredIntegration>>> {
+    let mut list = conn.prepare_cached(statements::LIST)?;
+    let rows = list
+        .query_map([group.to_string()], integration_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows.into_iter().collect())
+}
+
 fn lookups(conn: &Connection, keys: &Keys) -> rusqlite::Result<StoreResult<Found>> {
     let count = keys.points.len() + keys.groups.len() + keys.projects.len();
     let tx = if count > 1 {
@@ -147,12 +164,8 @@ fn lookups(conn: &Connection, keys: &Keys) -> rusqlite::Result<StoreResult<Found
             Err(err) => return Ok(Err(err)),
         }
     }
-    let mut list = conn.prepare_cached(statements::LIST)?;
     for &group in &keys.groups {
-        let rows = list
-            .query_map([group.to_string()], integration_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        match rows.into_iter().collect::<StoreResult<Vec<_>>>() {
+        match list(conn, group)? {
             Ok(rows) => {
                 found.lists.insert(group, rows);
             }

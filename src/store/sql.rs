@@ -225,13 +225,42 @@ impl SqlStore {
     }
 
     async fn write_integration(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
-        match &self.hot {
-            HotPath::Direct(direct) => direct.write(write).await,
+        self.write_and_list(write, false)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// Runs a write and answers the project's integrations right after it.
+    async fn listed(&self, write: IntegrationWrite) -> StoreResult<Vec<StoredIntegration>> {
+        Ok(self
+            .write_and_list(write, true)
+            .await?
+            .1
+            .unwrap_or_default())
+    }
+
+    /// Runs a write; with `list`, also answers the project's integrations right after it,
+    /// read in the write's transaction on SQLite (the writer's cache holds the pages it just
+    /// wrote, where a reader's was emptied by the commit), by a separate read on PostgreSQL.
+    async fn write_and_list(
+        &self,
+        write: IntegrationWrite,
+        list: bool,
+    ) -> StoreResult<(WriteOutcome, Option<Vec<StoredIntegration>>)> {
+        let group = write.parts().1;
+        let (outcome, listed) = match &self.hot {
+            HotPath::Direct(direct) => direct.write(write, list).await?,
             HotPath::Pooled(_) => {
                 let mut conn = self.write.acquire().await.map_err(classify)?;
-                write.apply(&mut conn).await
+                (write.apply(&mut conn).await?, None)
             }
-        }
+        };
+        let listed = match listed {
+            Some(rows) => Some(rows),
+            None if list => Some(self.list_integrations(group).await?),
+            None => None,
+        };
+        Ok((outcome, listed))
     }
 
     /// Starts a transaction that changes keys, roles, access lists or projects: its first
@@ -353,6 +382,30 @@ impl Store for SqlStore {
             WriteOutcome::Id(id) => Ok(id),
             WriteOutcome::Done(_) => Err(StoreError::Other(anyhow!("replace returned no id"))),
         }
+    }
+
+    async fn create_integration_listed(
+        &self,
+        group: GroupId,
+        integration: &StoredIntegration,
+    ) -> StoreResult<Vec<StoredIntegration>> {
+        self.listed(IntegrationWrite::Create {
+            group,
+            integration: integration.clone(),
+        })
+        .await
+    }
+
+    async fn replace_integration_listed(
+        &self,
+        group: GroupId,
+        integration: &StoredIntegration,
+    ) -> StoreResult<Vec<StoredIntegration>> {
+        self.listed(IntegrationWrite::Replace {
+            group,
+            integration: integration.clone(),
+        })
+        .await
     }
 
     async fn delete_integration(&self, group: GroupId, kind: IntegrationType) -> StoreResult<bool> {
