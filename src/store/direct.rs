@@ -11,9 +11,10 @@
 //!   hand-off to another thread (an earlier version with reader threads doubled the p99
 //!   latency: on two cores, extra runnable threads wait for a time slice). The transaction
 //!   starts after every read of the batch was asked for, so each sees every write
-//!   acknowledged before it was asked, from this process or another. A lane's connection
-//!   never waits for a lock: in the rare case SQLite answers "busy" (another process
-//!   recovering the WAL), the batch is read again on a blocking thread that may wait.
+//!   acknowledged before it was asked, from this process or another. In WAL mode a reader
+//!   does not wait for writers; it can only meet a lock while another process recovers the
+//!   WAL after a crash, when it waits (blocking its worker thread) up to the busy timeout
+//!   like every other statement.
 //! - **writes** go to one writer thread that commits everything waiting in one transaction
 //!   (`batch.rs`).
 //!
@@ -57,13 +58,12 @@ impl Direct {
     /// file at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let writer = Writer::start(open_writer(path)?)?;
-        let path = path.to_owned();
         let reads = ReadBatcher::start_inline(
             READERS,
-            std::sync::Arc::new(move || Reader {
-                path: path.clone(),
+            || Reader {
+                path: path.to_owned(),
                 conn: None,
-            }),
+            },
             read_batch,
         );
         Ok(Self { reads, writer })
@@ -99,36 +99,16 @@ impl Direct {
     }
 }
 
-/// Answers a batch of reads in one read transaction (none for a single lookup); `None` when
-/// the database is locked and `wait` is false. After an error the connection is dropped
-/// and the next batch opens a new one.
-fn read_batch(reader: &mut Reader, keys: &Keys, wait: bool) -> Option<StoreResult<Found>> {
+/// Answers a batch of reads in one read transaction (none for a single lookup). After an
+/// error the connection is dropped and the next batch opens a new one.
+fn read_batch(reader: &mut Reader, keys: &Keys) -> StoreResult<Found> {
     let conn = match reader.conn.take() {
         Some(conn) => conn,
-        None => match open_reader(&reader.path) {
-            Ok(conn) => conn,
-            Err(err) => return Some(Err(classify(err))),
-        },
+        None => open_reader(&reader.path).map_err(classify)?,
     };
-    let timeout = if wait { BUSY_TIMEOUT } else { Duration::ZERO };
-    if let Err(err) = conn.busy_timeout(timeout) {
-        return Some(Err(classify(err)));
-    }
-    match lookups(&conn, keys) {
-        Ok(found) => {
-            reader.conn = Some(conn);
-            Some(found)
-        }
-        Err(err) if !wait && is_busy(&err) => None,
-        Err(err) => Some(Err(classify(err))),
-    }
-}
-
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+    let found = lookups(&conn, keys).map_err(classify)?;
+    reader.conn = Some(conn);
+    found
 }
 
 /// A project's integrations in creation order, on `conn`.
@@ -206,10 +186,12 @@ fn lookups(conn: &Connection, keys: &Keys) -> rusqlite::Result<StoreResult<Found
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(
+    let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 fn open_writer(path: &Path) -> anyhow::Result<Connection> {

@@ -75,19 +75,26 @@ impl ReadBatcher {
     }
 
     /// Starts `lanes` lane tasks, each with its own `state` (made by `make`), answering
-    /// every batch inline with `fetch(state, keys, false)` (SQLite: a batch of lookups takes
-    /// tens of microseconds, less than a hand-off to another thread). When that answers
-    /// `None` (it would have to wait for a lock), the batch is answered again on a blocking
-    /// thread, from a fresh state, with `fetch(state, keys, true)`.
+    /// every batch inline with `fetch` (SQLite: a batch of lookups takes tens of
+    /// microseconds, less than a hand-off to another thread would).
     pub fn start_inline<S: Send + 'static>(
         lanes: usize,
-        make: Arc<dyn Fn() -> S + Send + Sync>,
-        fetch: Fetch<S>,
+        make: impl Fn() -> S,
+        fetch: fn(&mut S, &Keys) -> StoreResult<Found>,
     ) -> Self {
         let (queue, reads) = mpsc::channel(MAX_READS * 32);
         let reads = Arc::new(Mutex::new(reads));
         for _ in 0..lanes.max(1) {
-            tokio::spawn(inline_lane(Arc::clone(&make), fetch, Arc::clone(&reads)));
+            let mut state = make();
+            let reads = Arc::clone(&reads);
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(MAX_READS);
+                while reads.lock().await.recv_many(&mut batch, MAX_READS).await > 0 {
+                    let keys = Keys::of(&batch);
+                    let found = fetch(&mut state, &keys);
+                    answer(&mut batch, found);
+                }
+            });
         }
         Self { queue }
     }
@@ -120,39 +127,6 @@ impl ReadBatcher {
 
 fn stopped() -> StoreError {
     StoreError::Unavailable("the reader has stopped".into())
-}
-
-/// Answers a batch from a lane's state; `None` when it would have to wait and may not.
-pub(super) type Fetch<S> = fn(&mut S, &Keys, bool) -> Option<StoreResult<Found>>;
-
-async fn inline_lane<S: Send + 'static>(
-    make: Arc<dyn Fn() -> S + Send + Sync>,
-    fetch: Fetch<S>,
-    reads: Arc<Mutex<mpsc::Receiver<Read>>>,
-) {
-    let mut state = make();
-    let mut batch = Vec::with_capacity(MAX_READS);
-    loop {
-        let taken = reads.lock().await.recv_many(&mut batch, MAX_READS).await;
-        if taken == 0 {
-            return;
-        }
-        let keys = Keys::of(&batch);
-        let found = match fetch(&mut state, &keys, false) {
-            Some(found) => found,
-            None => {
-                let make = Arc::clone(&make);
-                tokio::task::spawn_blocking(move || {
-                    fetch(&mut make(), &keys, true).unwrap_or_else(|| {
-                        Err(StoreError::Unavailable("the database is locked".into()))
-                    })
-                })
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("the read was interrupted".into())))
-            }
-        };
-        answer(&mut batch, found);
-    }
 }
 
 async fn lane(conns: Arc<Conns>, reads: Arc<Mutex<mpsc::Receiver<Read>>>) {
