@@ -9,7 +9,7 @@
 //! lane is a task running at most three statements for the batch (one for the single
 //! integrations asked for, one for the projects whose list was asked for, one for the
 //! projects themselves, the authenticator's first look at a project); on SQLite a lane is a
-//! thread running the batch's lookups in one read transaction (`direct.rs`).
+//! task running the batch's lookups inline, in one read transaction (`direct.rs`).
 //!
 //! Nothing is cached: every read is answered by a query that started after the read was
 //! asked for, so it sees every write acknowledged before it, from this process or another.
