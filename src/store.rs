@@ -212,25 +212,19 @@ pub trait Store: Send + Sync + 'static {
         integration: &StoredIntegration,
     ) -> StoreResult<ObjectId>;
     /// [`Store::create_integration`], then the project's integrations as they are right after
-    /// it (what POST answers). A store may read them in the write's own transaction.
+    /// it (what POST answers); SQLite reads them in the write's own transaction.
     async fn create_integration_listed(
         &self,
         group: GroupId,
         integration: &StoredIntegration,
-    ) -> StoreResult<Vec<StoredIntegration>> {
-        self.create_integration(group, integration).await?;
-        self.list_integrations(group).await
-    }
+    ) -> StoreResult<Vec<StoredIntegration>>;
     /// [`Store::replace_integration`], then the project's integrations as they are right
-    /// after it (what PUT answers). A store may read them in the write's own transaction.
+    /// after it (what PUT answers); SQLite reads them in the write's own transaction.
     async fn replace_integration_listed(
         &self,
         group: GroupId,
         integration: &StoredIntegration,
-    ) -> StoreResult<Vec<StoredIntegration>> {
-        self.replace_integration(group, integration).await?;
-        self.list_integrations(group).await
-    }
+    ) -> StoreResult<Vec<StoredIntegration>>;
     /// Deletes an integration; false when there was none.
     async fn delete_integration(&self, group: GroupId, kind: IntegrationType) -> StoreResult<bool>;
 
