@@ -281,12 +281,12 @@ async fn handle(
             group,
             version,
             params,
-            link_base: link_base(
-                state.public_url.as_deref(),
-                &parts.uri,
-                &parts.headers,
+            link_base: LinkBase {
+                public_url: state.public_url.as_deref(),
+                uri: &parts.uri,
+                headers: &parts.headers,
                 path,
-            ),
+            },
         };
         let reply = match (kind, &parts.method) {
             (None, _) => integrations::list_integrations(&ctx).await?,
@@ -407,32 +407,44 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     entry.parse::<SocketAddr>().ok().map(|addr| addr.ip())
 }
 
-fn link_base(
-    public_url: Option<&str>,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-    path: &str,
-) -> String {
-    let origin = match public_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host; anything that is not
-            // a plain `host[:port]` is not echoed into links.
-            let host = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| {
-                    headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                })
-                .filter(|h| is_host_and_port(h))
-                .unwrap_or_else(|| "localhost".to_owned());
-            format!("http://{host}")
-        }
-    };
-    format!("{origin}{path}")
+/// What the absolute URL of a request's resource, for `links`, is made of; built only by
+/// the responses that show links.
+pub struct LinkBase<'a> {
+    /// `--public-url`, when set.
+    pub public_url: Option<&'a str>,
+    /// The request's URI.
+    pub uri: &'a axum::http::Uri,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// The request's path.
+    pub path: &'a str,
+}
+
+impl LinkBase<'_> {
+    /// The absolute URL, without query.
+    pub fn build(&self) -> String {
+        let origin = match self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                // HTTP/2 carries the authority in the URI, HTTP/1.1 in Host; anything that is
+                // not a plain `host[:port]` is not echoed into links.
+                let host = self
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| {
+                        self.headers
+                            .get(header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                    })
+                    .filter(|h| is_host_and_port(h))
+                    .unwrap_or_else(|| "localhost".to_owned());
+                format!("http://{host}")
+            }
+        };
+        format!("{origin}{}", self.path)
+    }
 }
 
 fn is_host_and_port(text: &str) -> bool {

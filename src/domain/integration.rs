@@ -171,6 +171,20 @@ impl Secrecy {
             Self::Hidden => None,
         }
     }
+
+    /// Whether `text` may be what a response showed of some stored value, so that a PUT
+    /// sending it back keeps the stored value (see [`validate`]). Exact for every form
+    /// [`Self::shown`] produces: last-four masks are empty or start with `*`, URL masks end
+    /// with `****`, a secret shown in clear can be any text, a hidden one is never shown.
+    fn may_be_shown_form(self, text: &str) -> bool {
+        match self {
+            Self::Public | Self::Hidden => false,
+            Self::ClearInResponses => true,
+            Self::MaskKey => text.is_empty() || text.starts_with('*'),
+            Self::MaskUrl => text.ends_with("****"),
+            Self::MaskFull => text == FULL_MASK,
+        }
+    }
 }
 
 /// A type-specific rule checked after types, presence and enums.
@@ -554,6 +568,22 @@ fn is_required(presence: Presence, version: ApiVersion, replacing: bool) -> bool
     }
 }
 
+/// Whether [`validate`] of `body` for a PUT can depend on the stored configuration it
+/// replaces: a `RequiredOnCreate` field is left out (it keeps the stored value, or is missing
+/// when nothing is stored), or a secret is sent in a form a response may have shown (a mask
+/// keeps the stored secret). When it cannot, `validate(kind, version, body, stored)` is the
+/// same for every `stored`, `None` included, and a PUT need not read the stored row first.
+pub fn depends_on_stored(kind: IntegrationType, body: &Map<String, Value>) -> bool {
+    kind.schema()
+        .fields
+        .iter()
+        .any(|field| match present(body, field.name) {
+            None => field.presence == Presence::RequiredOnCreate,
+            Some(Value::String(text)) => field.secrecy.may_be_shown_form(text),
+            Some(_) => false,
+        })
+}
+
 /// Validates a request body for `kind` and builds the configuration to store.
 ///
 /// `existing` is the stored configuration a PUT replaces: a secret sent back exactly in its
@@ -872,6 +902,114 @@ mod tests {
         changed.insert("secret".into(), json!("another"));
         let replaced = validate(kind, ApiVersion::V2, &changed, Some(&stored)).unwrap();
         assert_eq!(replaced.str("secret"), Some("another"));
+    }
+
+    #[test]
+    fn every_shown_form_of_a_secret_is_recognised() {
+        let values = [
+            "",
+            "a",
+            "abcd",
+            "abcde",
+            "ééééé",
+            "****",
+            "https://h.example.com/path?q=1",
+            "http://user:pw@h.example.com:8080/x",
+            "not a url",
+        ];
+        let kinds = [
+            Secrecy::Public,
+            Secrecy::ClearInResponses,
+            Secrecy::MaskKey,
+            Secrecy::MaskUrl,
+            Secrecy::MaskFull,
+            Secrecy::Hidden,
+        ];
+        for secrecy in kinds {
+            for value in values {
+                if let Some(shown) = secrecy.shown(value) {
+                    if secrecy.is_secret() {
+                        assert!(secrecy.may_be_shown_form(&shown), "{secrecy:?} {shown}");
+                    }
+                }
+            }
+        }
+        assert!(!Secrecy::MaskKey.may_be_shown_form("abcd"));
+        assert!(!Secrecy::MaskUrl.may_be_shown_form("https://h.example.com/x"));
+        assert!(!Secrecy::MaskFull.may_be_shown_form("*****"));
+    }
+
+    /// Bodies around each type's sample: every field left out, sent back as a response showed
+    /// it, or replaced by assorted values.
+    fn variants(kind: IntegrationType, stored: &Config) -> Vec<Map<String, Value>> {
+        let shown = stored.render(ApiVersion::V2, ObjectId::generate());
+        let mut out = vec![body(kind), shown.clone()];
+        for field in kind.schema().fields {
+            let mut without = body(kind);
+            without.remove(field.name);
+            out.push(without);
+            let replacements = [
+                shown.get(field.name).cloned().unwrap_or(Value::Null),
+                json!(""),
+                json!("*"),
+                json!("****"),
+                json!("******"),
+                json!("x*y"),
+                json!("https://h.example.com/****"),
+                json!("https://h.example.com/new"),
+                json!("plain"),
+                json!(true),
+            ];
+            for value in replacements {
+                let mut changed = body(kind);
+                changed.insert(field.name.to_owned(), value);
+                out.push(changed);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_body_that_does_not_depend_on_the_stored_row_validates_alike_without_it() {
+        let mut independent = 0;
+        for kind in IntegrationType::ALL {
+            for version in [ApiVersion::V1, ApiVersion::V2] {
+                let Ok(stored) = validate(kind, version, &body(kind), None) else {
+                    continue;
+                };
+                for body in variants(kind, &stored) {
+                    if depends_on_stored(kind, &body) {
+                        continue;
+                    }
+                    independent += 1;
+                    assert_eq!(
+                        validate(kind, version, &body, Some(&stored)),
+                        validate(kind, version, &body, None),
+                        "{kind} {version:?} {body:?}"
+                    );
+                }
+            }
+        }
+        assert!(independent > 100, "only {independent} bodies checked");
+    }
+
+    #[test]
+    fn masked_secrets_and_omitted_create_only_fields_depend_on_the_stored_row() {
+        for kind in IntegrationType::ALL {
+            let stored = validate(kind, ApiVersion::V2, &body(kind), None).unwrap();
+            let shown = stored.render(ApiVersion::V2, ObjectId::generate());
+            // Every type shows a secret masked or in clear, or hides a create-only one.
+            assert!(depends_on_stored(kind, &shown), "{kind}");
+            // The samples hold no mask; a secret shown in clear may always be one sent back.
+            let clear =
+                kind.schema().fields.iter().any(|f| {
+                    f.secrecy == Secrecy::ClearInResponses && body(kind).contains_key(f.name)
+                });
+            assert_eq!(depends_on_stored(kind, &body(kind)), clear, "{kind}");
+        }
+        let mut without = body(IntegrationType::Prometheus);
+        without.remove("password");
+        assert!(depends_on_stored(IntegrationType::Prometheus, &without));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Context<'a> {
     /// The query parameters.
     pub params: Params,
     /// The absolute URL of the addressed resource, without query, for `links`.
-    pub link_base: String,
+    pub link_base: super::LinkBase<'a>,
 }
 
 /// Associated data for an integration's sealed configuration.
@@ -130,9 +130,10 @@ fn page(ctx: &Context<'_>, all: Vec<Value>) -> Map<String, Value> {
         .skip(usize::try_from(skip).unwrap_or(usize::MAX))
         .take(usize::try_from(items_per_page).unwrap_or(usize::MAX))
         .collect();
+    let base = ctx.link_base.build();
     let href = |n: u64| {
         json!({
-            "href": format!("{}?pageNum={n}&itemsPerPage={items_per_page}", ctx.link_base),
+            "href": format!("{base}?pageNum={n}&itemsPerPage={items_per_page}"),
             "rel": if n == page_num { "self" } else if n < page_num { "previous" } else { "next" },
         })
     };
@@ -210,15 +211,21 @@ pub async fn update_integration(
     kind: IntegrationType,
     body: &Map<String, Value>,
 ) -> Result<Reply> {
-    // An unreadable stored row is not replaced: a client sending back masked secrets would
-    // otherwise store the masks in place of the real values. DELETE then POST repairs it.
-    let existing = match ctx.state.store.get_integration(ctx.group, kind).await? {
-        Some(stored) => Some(
-            open_stored(ctx, &stored)
-                .await
-                .map_err(ApiError::internal)?,
-        ),
-        None => None,
+    // The stored row is read only when the outcome can depend on it (masked secrets sent
+    // back, a create-only field left out); a body that sets everything replaces it unread.
+    // An unreadable stored row is not replaced from masks: the client would otherwise store
+    // the masks in place of the real values. A full body or DELETE then POST repairs it.
+    let existing = if integration::depends_on_stored(kind, body) {
+        match ctx.state.store.get_integration(ctx.group, kind).await? {
+            Some(stored) => Some(
+                open_stored(ctx, &stored)
+                    .await
+                    .map_err(ApiError::internal)?,
+            ),
+            None => None,
+        }
+    } else {
+        None
     };
     let config =
         integration::validate(kind, ctx.version, body, existing.as_ref()).map_err(field_error)?;
