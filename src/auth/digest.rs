@@ -237,8 +237,9 @@ fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// A cursor over the header bytes.
+/// A cursor over the header, already checked to be UTF-8.
 struct Cursor<'a> {
+    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -267,9 +268,10 @@ impl<'a> Cursor<'a> {
         if self.pos == start {
             return Err(self.malformed());
         }
-        let bytes: &'a [u8] = self.bytes;
-        std::str::from_utf8(bytes.get(start..self.pos).unwrap_or_default())
-            .map_err(|_| ParseError::Malformed { offset: start })
+        // Token characters are ASCII, so both ends are character boundaries.
+        let text: &'a str = self.text;
+        text.get(start..self.pos)
+            .ok_or(ParseError::Malformed { offset: start })
     }
 
     /// Reads an RFC 7230 `quoted-string`, the cursor being on the opening quote. The
@@ -277,6 +279,21 @@ impl<'a> Cursor<'a> {
     fn quoted_string(&mut self) -> Result<String, ParseError> {
         self.pos += 1;
         let start = self.pos;
+        // Fast path: scan to the first byte that is not plain quoted text; when it is the
+        // closing quote, the value is that span (it ends at ASCII bytes, so on character
+        // boundaries). Anything else (an escape, a control byte, no end) goes the careful way.
+        let rest = self.bytes.get(start..).unwrap_or_default();
+        let stop = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || (b < 0x20 && b != b'\t') || b == 0x7f);
+        if let Some(len) = stop.filter(|&len| rest.get(len) == Some(&b'"')) {
+            self.pos = start + len + 1;
+            return self
+                .text
+                .get(start..start + len)
+                .map(str::to_owned)
+                .ok_or(ParseError::Malformed { offset: start });
+        }
         let mut escaped = false;
         loop {
             let Some(b) = self.peek() else {
@@ -335,6 +352,7 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials, ParseError> {
     }
     let text = std::str::from_utf8(header).map_err(|_| ParseError::NotUtf8)?;
     let mut cur = Cursor {
+        text,
         bytes: text.as_bytes(),
         pos: 0,
     };
@@ -1121,6 +1139,31 @@ mod tests {
             assert!(verify(&c, "GET", "priv-key-1"), "{h}");
             assert!(!verify(&c, "GET", "priv-key-2"), "{h}");
         }
+    }
+
+    #[test]
+    fn quoted_values_keep_tabs_and_non_ascii_and_refuse_control_bytes() {
+        let with = |username: &str| {
+            format!(
+                "Digest username=\"{username}\", realm=\"{REALM}\", nonce=\"n\", uri=\"/\", \
+                 response=\"{}\", qop=auth, nc=00000001, cnonce=\"c\"",
+                "a".repeat(32)
+            )
+        };
+        let c = parse_authorization(with("é\tx").as_bytes()).expect("parses");
+        assert_eq!(c.username, "é\tx");
+        for bad in ["a\u{1}b", "a\u{7f}b", "a\nb"] {
+            assert!(
+                matches!(
+                    parse_authorization(with(bad).as_bytes()),
+                    Err(ParseError::Malformed { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // The escape is found after plain text, and the value still ends at its quote.
+        let c = parse_authorization(with("plain\\\"quoted").as_bytes()).expect("parses");
+        assert_eq!(c.username, "plain\"quoted");
     }
 
     #[test]
