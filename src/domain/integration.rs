@@ -69,6 +69,23 @@ impl IntegrationType {
         self.schema().name
     }
 
+    /// The type's number in SQLite's integration key (`project number × 16 + code`): its
+    /// position in [`Self::ALL`]. Stored, so never renumbered; new types go at the end.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::PagerDuty => 0,
+            Self::Slack => 1,
+            Self::Datadog => 2,
+            Self::NewRelic => 3,
+            Self::OpsGenie => 4,
+            Self::VictorOps => 5,
+            Self::Flowdock => 6,
+            Self::Webhook => 7,
+            Self::MicrosoftTeams => 8,
+            Self::Prometheus => 9,
+        }
+    }
+
     /// Parses an exact wire name (case-sensitive, as Atlas).
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == text)
@@ -773,6 +790,20 @@ mod tests {
             })
             .map(|(_, v)| v.as_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn type_codes_are_distinct_below_16_and_those_of_the_sqlite_migration() {
+        let migration = include_str!("../../migrations/sqlite/0002_integration_key.sql");
+        let mut codes: Vec<i64> = IntegrationType::ALL.iter().map(|k| k.code()).collect();
+        for kind in IntegrationType::ALL {
+            assert!((0..15).contains(&kind.code()), "{kind}");
+            let line = format!("when '{}' then {}", kind.as_str(), kind.code());
+            assert!(migration.contains(&line), "{line}");
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), IntegrationType::ALL.len());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::direct::{classify, list};
+use super::direct::{classify, keyed, list};
 use super::sql::{IntegrationWrite, WriteOutcome};
 use super::{now_ms, StoreError, StoreResult, StoredIntegration};
 
@@ -125,7 +125,12 @@ fn apply(conn: &Connection, write: &IntegrationWrite, listed: bool) -> StoreResu
 }
 
 fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
-    let (sql, group, kind, row) = write.parts();
+    let (shared, group, kind, row) = write.parts();
+    let sql = match write {
+        IntegrationWrite::Create { .. } => keyed::CREATE,
+        IntegrationWrite::Replace { .. } => keyed::REPLACE,
+        IntegrationWrite::Delete { .. } => shared,
+    };
     let mut statement = conn.prepare_cached(sql).map_err(classify)?;
     let group = group.to_string();
     match (write, row) {
@@ -138,6 +143,7 @@ fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOu
                         row.id.to_string(),
                         &row.sealed,
                         now_ms(),
+                        kind.code(),
                     ),
                     |r| r.get(0),
                 )
@@ -152,6 +158,7 @@ fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOu
                     row.id.to_string(),
                     &row.sealed,
                     now_ms(),
+                    kind.code(),
                 ))
                 .map_err(classify)?;
             Ok(WriteOutcome::Done(changed > 0))
