@@ -838,7 +838,68 @@ async fn listed_writes(store: Arc<dyn Store>) {
         ..again.clone()
     };
     assert_eq!(replaced, [kept.clone(), webhook.clone()]);
-    assert_eq!(integrations(store.as_ref(), group).await, [kept, webhook]);
+    assert_eq!(
+        integrations(store.as_ref(), group).await,
+        [kept, webhook.clone()]
+    );
+
+    // Creation order, not type order: a deleted type created again goes last, and so does a
+    // type that sorts (and is keyed) before the others.
+    assert!(store
+        .delete_integration(group, IntegrationType::Slack)
+        .await
+        .expect("delete"));
+    let pager = integration(IntegrationType::PagerDuty, b"pager 1");
+    let slack = integration(IntegrationType::Slack, b"slack 3");
+    store
+        .create_integration(group, &pager)
+        .await
+        .expect("create");
+    let listed = store
+        .create_integration_listed(group, &slack)
+        .await
+        .expect("create");
+    assert_eq!(listed, [webhook.clone(), pager.clone(), slack.clone()]);
+
+    // A project deleted and another created (SQLite may give it the deleted one's number)
+    // sees none of the old rows; the first project's rows are untouched.
+    let doomed = project(&org, "doomed", now_ms());
+    store.create_project(&doomed).await.expect("create project");
+    let teams = integration(IntegrationType::MicrosoftTeams, b"teams");
+    store
+        .create_integration(doomed.id, &teams)
+        .await
+        .expect("create");
+    assert!(store
+        .delete_project(doomed.id)
+        .await
+        .expect("delete project"));
+    let next = project(&org, "next", now_ms());
+    store.create_project(&next).await.expect("create project");
+    assert_eq!(integrations(store.as_ref(), next.id).await, []);
+    for kind in IntegrationType::ALL {
+        assert_eq!(
+            store.get_integration(next.id, kind).await.expect("get"),
+            None,
+            "{kind}"
+        );
+    }
+    let teams_again = integration(IntegrationType::MicrosoftTeams, b"teams 2");
+    store
+        .create_integration(next.id, &teams_again)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .get_integration(next.id, IntegrationType::MicrosoftTeams)
+            .await
+            .expect("get"),
+        Some(teams_again)
+    );
+    assert_eq!(
+        integrations(store.as_ref(), group).await,
+        [webhook, pager, slack]
+    );
 }
 
 #[tokio::test]
