@@ -1042,3 +1042,104 @@ async fn an_sqlite_write_survives_closing_and_reopening_the_file() {
         Some(b"kept".to_vec())
     );
 }
+
+/// A database written before migration 0002 (integration rows keyed by an autoincrement)
+/// keeps every row, its id, sealed bytes and list order once a store opens and migrates it,
+/// and takes new writes in the new layout.
+#[tokio::test]
+async fn an_sqlite_database_from_before_the_keyed_layout_is_migrated_with_its_rows() {
+    use sqlx::Connection as _;
+    let dir = TempDir::new().expect("temporary directory");
+    let url = store::sqlite::url_for_path(&dir.path().join("atlas.db"));
+    let org = org("Org", now_ms());
+    let first = project(&org, "first", now_ms());
+    let second = project(&org, "second", now_ms());
+    // In creation order, deliberately not in type order.
+    let rows = [
+        (first.id, integration(IntegrationType::Webhook, b"w1")),
+        (second.id, integration(IntegrationType::Prometheus, b"p2")),
+        (first.id, integration(IntegrationType::PagerDuty, b"pd1")),
+        (first.id, integration(IntegrationType::Slack, b"s1")),
+    ];
+    {
+        // Only the first migration, as the previous release ran it (sqlx's migrator fields
+        // are public for `migrate!`).
+        let all = store::sqlite::migrator();
+        let before = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(all.iter().take(1).cloned().collect()),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("connect");
+        before.run(&mut conn).await.expect("first migration");
+        sqlx::query("insert into org (id, name, created_at) values (?, ?, ?)")
+            .bind(org.id.to_string())
+            .bind(&org.name)
+            .bind(org.created_at)
+            .execute(&mut conn)
+            .await
+            .expect("org");
+        for p in [&first, &second] {
+            sqlx::query("insert into project (id, org_id, name, created_at) values (?, ?, ?, ?)")
+                .bind(p.id.to_string())
+                .bind(org.id.to_string())
+                .bind(&p.name)
+                .bind(p.created_at)
+                .execute(&mut conn)
+                .await
+                .expect("project");
+        }
+        for (group, row) in &rows {
+            sqlx::query(
+                "insert into integration (group_id, type, id, config, created_at, updated_at) \
+                 values (?, ?, ?, ?, 1, 1)",
+            )
+            .bind(group.to_string())
+            .bind(row.kind.as_str())
+            .bind(row.id.to_string())
+            .bind(&row.sealed)
+            .execute(&mut conn)
+            .await
+            .expect("integration");
+        }
+        conn.close().await.expect("close");
+    }
+    let store = store::open(&url, true, 2).await.expect("open and migrate");
+    for (group, row) in &rows {
+        assert_eq!(
+            store.get_integration(*group, row.kind).await.expect("get"),
+            Some(row.clone())
+        );
+    }
+    let of = |group: GroupId| -> Vec<StoredIntegration> {
+        rows.iter()
+            .filter(|(g, _)| *g == group)
+            .map(|(_, r)| r.clone())
+            .collect()
+    };
+    assert_eq!(integrations(store.as_ref(), first.id).await, of(first.id));
+    assert_eq!(integrations(store.as_ref(), second.id).await, of(second.id));
+    let third = project(&org, "third", now_ms());
+    store.create_project(&third).await.expect("create project");
+    let teams = integration(IntegrationType::MicrosoftTeams, b"t3");
+    store
+        .create_integration(third.id, &teams)
+        .await
+        .expect("create");
+    let datadog = integration(IntegrationType::Datadog, b"d1");
+    store
+        .create_integration(first.id, &datadog)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .get_integration(third.id, IntegrationType::MicrosoftTeams)
+            .await
+            .expect("get"),
+        Some(teams)
+    );
+    let mut expected = of(first.id);
+    expected.push(datadog);
+    assert_eq!(integrations(store.as_ref(), first.id).await, expected);
+}
