@@ -44,23 +44,27 @@ pub(super) mod keyed {
     pub const ONE: &str = "select id, type, config from integration \
                            where rid = (select num from project indexed by project_id_num where id = ?1) * 16 + ?2 \
                            and group_id = ?1";
-    /// Create: `?1` group, `?2` type, `?3` id, `?4` sealed configuration, `?5` time, `?6`
-    /// type code. An unknown project gives a null key, a fresh rowid, and then the foreign
-    /// key's error, as before.
-    pub const CREATE: &str = "insert into integration \
-         (rid, seq, group_id, type, id, config, created_at, updated_at) \
-         values ((select num from project indexed by project_id_num where id = ?1) * 16 + ?6, \
-         (select coalesce(max(seq), 0) + 1 from integration where group_id = ?1), \
-         ?1, ?2, ?3, ?4, ?5, ?5)";
+    /// The insert both writes share: `?1` group, `?2` type, `?3` id, `?4` sealed
+    /// configuration, `?5` time, `?6` type code. An unknown project gives a null key, a
+    /// fresh rowid, and then the foreign key's error, as before.
+    macro_rules! insert {
+        () => {
+            "insert into integration \
+             (rid, seq, group_id, type, id, config, created_at, updated_at) \
+             values ((select num from project indexed by project_id_num where id = ?1) * 16 + ?6, \
+             (select coalesce(max(seq), 0) + 1 from integration where group_id = ?1), \
+             ?1, ?2, ?3, ?4, ?5, ?5)"
+        };
+    }
+    /// Create.
+    pub const CREATE: &str = insert!();
     /// Replace or create, same parameters; answers the id kept.
-    pub const REPLACE: &str = "insert into integration \
-         (rid, seq, group_id, type, id, config, created_at, updated_at) \
-         values ((select num from project indexed by project_id_num where id = ?1) * 16 + ?6, \
-         (select coalesce(max(seq), 0) + 1 from integration where group_id = ?1), \
-         ?1, ?2, ?3, ?4, ?5, ?5) \
-         on conflict (rid) do update \
+    pub const REPLACE: &str = concat!(
+        insert!(),
+        " on conflict (rid) do update \
          set config = excluded.config, updated_at = excluded.updated_at \
-         returning id";
+         returning id"
+    );
 }
 
 /// Read lanes. One: its page cache holds every B-tree's upper levels once rather than twice,
