@@ -900,6 +900,61 @@ async fn listed_writes(store: Arc<dyn Store>) {
         integrations(store.as_ref(), group).await,
         [webhook, pager, slack]
     );
+
+    // A project read (SQLite remembers its number), deleted, its number given to another
+    // project with a row of the same type, then created again under the same id: a read
+    // finds the project's new row, never the other project's.
+    let returning = project(&org, "returning", now_ms());
+    store
+        .create_project(&returning)
+        .await
+        .expect("create project");
+    let first = integration(IntegrationType::Datadog, b"datadog 1");
+    store
+        .create_integration(returning.id, &first)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .get_integration(returning.id, IntegrationType::Datadog)
+            .await
+            .expect("get"),
+        Some(first)
+    );
+    assert!(store
+        .delete_project(returning.id)
+        .await
+        .expect("delete project"));
+    let other = project(&org, "other", now_ms());
+    store.create_project(&other).await.expect("create project");
+    let others = integration(IntegrationType::Datadog, b"datadog other");
+    store
+        .create_integration(other.id, &others)
+        .await
+        .expect("create");
+    store
+        .create_project(&returning)
+        .await
+        .expect("create the project again");
+    let second = integration(IntegrationType::Datadog, b"datadog 2");
+    store
+        .create_integration(returning.id, &second)
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .get_integration(returning.id, IntegrationType::Datadog)
+            .await
+            .expect("get"),
+        Some(second)
+    );
+    assert_eq!(
+        store
+            .get_integration(other.id, IntegrationType::Datadog)
+            .await
+            .expect("get"),
+        Some(others)
+    );
 }
 
 #[tokio::test]
