@@ -46,6 +46,9 @@ pub(super) mod keyed {
         "select id, type, config from integration where rid = ?1 and group_id = ?2";
     /// A project's number: `?1` group.
     pub const NUMBER: &str = "select num from project indexed by project_id_num where id = ?1";
+    /// A project and its number (the authenticator's first look at
+    /// a project thus also gives the number its first GET needs).
+    pub const PROJECT: &str = "select id, org_id, name, created_at, num from project where id = ?1";
     /// The insert both writes share: `?1` group, `?2` type, `?3` id, `?4` sealed
     /// configuration, `?5` time, `?6` type code. An unknown project gives a null key, a
     /// fresh rowid, and then the foreign key's error, as before.
@@ -248,7 +251,7 @@ fn lookups(
             Err(err) => return Ok(Err(err)),
         }
     }
-    let mut project = conn.prepare_cached(statements::PROJECT)?;
+    let mut project = conn.prepare_cached(keyed::PROJECT)?;
     for &group in &keys.projects {
         let row = project
             .query_row([group.to_string()], |row| {
@@ -256,10 +259,12 @@ fn lookups(
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
                 ))
             })
             .optional()?;
-        if let Some((org_id, name, created_at)) = row {
+        numbers.set(group, row.as_ref().and_then(|row| row.3));
+        if let Some((org_id, name, created_at, _)) = row {
             let org_id = match parse_id(&org_id) {
                 Ok(id) => id,
                 Err(err) => return Ok(Err(err)),

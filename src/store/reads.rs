@@ -77,14 +77,6 @@ impl ReadBatcher {
     /// Starts `lanes` lane tasks, each with its own `state` (made by `make`), answering
     /// every batch inline with `fetch` (SQLite: a batch of lookups takes tens of
     /// microseconds, less than a hand-off to another thread would).
-    ///
-    /// Woken by the first read of a batch, a lane first lets every other task that is ready
-    /// run (and ask for its reads), then takes all that is waiting: a woken task runs next
-    /// on its worker, so without that yield most batches held one read, and each read paid
-    /// for a read transaction of its own (two `fcntl` calls on the shared-memory locks and
-    /// the pager's checks). On the benchmark's W1 (2-core AMD EPYC) the yield took `fcntl`
-    /// from 1.6 to 0.16 per GET and the server's CPU per GET on one project from 53 to
-    /// 31 µs.
     pub fn start_inline<S: Send + 'static>(
         lanes: usize,
         make: impl Fn() -> S,
@@ -97,19 +89,7 @@ impl ReadBatcher {
             let reads = Arc::clone(&reads);
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(MAX_READS);
-                loop {
-                    let mut queue = reads.lock().await;
-                    if queue.recv_many(&mut batch, MAX_READS).await == 0 {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                    while batch.len() < MAX_READS {
-                        match queue.try_recv() {
-                            Ok(read) => batch.push(read),
-                            Err(_) => break,
-                        }
-                    }
-                    drop(queue);
+                while take(&reads, &mut batch).await {
                     let keys = Keys::of(&batch);
                     let found = fetch(&mut state, &keys);
                     answer(&mut batch, found);
@@ -151,15 +131,35 @@ fn stopped() -> StoreError {
 
 async fn lane(conns: Arc<Conns>, reads: Arc<Mutex<mpsc::Receiver<Read>>>) {
     let mut batch = Vec::with_capacity(MAX_READS);
-    loop {
-        let taken = reads.lock().await.recv_many(&mut batch, MAX_READS).await;
-        if taken == 0 {
-            return;
-        }
+    while take(&reads, &mut batch).await {
         let keys = Keys::of(&batch);
         let found = query(&conns, &keys).await;
         answer(&mut batch, found);
     }
+}
+
+/// Waits for a read, lets every other ready task run (and ask for its reads), then takes
+/// all that is waiting, up to [`MAX_READS`]. False when every sender is gone.
+///
+/// A woken task runs next on its worker, so without the yield most batches held the one
+/// read that woke the lane: on SQLite each read then paid for a read transaction of its own
+/// (two `fcntl` calls on the shared-memory locks and the pager's checks), on PostgreSQL for
+/// a query of its own. On the benchmark's W1 (2-core AMD EPYC, SQLite) the yield took
+/// `fcntl` from 1.6 to 0.16 per GET and the server's CPU per GET on one project from 53 to
+/// 31 µs.
+async fn take(reads: &Mutex<mpsc::Receiver<Read>>, batch: &mut Vec<Read>) -> bool {
+    let mut queue = reads.lock().await;
+    if queue.recv_many(batch, MAX_READS).await == 0 {
+        return false;
+    }
+    tokio::task::yield_now().await;
+    while batch.len() < MAX_READS {
+        match queue.try_recv() {
+            Ok(read) => batch.push(read),
+            Err(_) => break,
+        }
+    }
+    true
 }
 
 /// The distinct keys a batch asks for.

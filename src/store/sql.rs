@@ -133,8 +133,6 @@ pub(super) mod statements {
     /// A project's integrations in creation order.
     pub const LIST: &str = "select id, type, config from integration \
                             where group_id = $1 order by seq";
-    /// One project.
-    pub const PROJECT: &str = "select id, org_id, name, created_at from project where id = $1";
 }
 
 impl IntegrationWrite {
