@@ -125,11 +125,11 @@ fn apply(conn: &Connection, write: &IntegrationWrite, listed: bool) -> StoreResu
 }
 
 fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
-    let (shared, group, kind, row) = write.parts();
+    let (_, group, kind, row) = write.parts();
     let sql = match write {
         IntegrationWrite::Create { .. } => keyed::CREATE,
         IntegrationWrite::Replace { .. } => keyed::REPLACE,
-        IntegrationWrite::Delete { .. } => shared,
+        IntegrationWrite::Delete { .. } => keyed::DELETE,
     };
     let mut statement = conn.prepare_cached(sql).map_err(classify)?;
     let group = group.to_string();
@@ -165,7 +165,7 @@ fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOu
         }
         (_, None) => {
             let changed = statement
-                .execute((&group, kind.as_str()))
+                .execute((&group, kind.code()))
                 .map_err(classify)?;
             Ok(WriteOutcome::Done(changed > 0))
         }

@@ -130,9 +130,6 @@ pub(super) mod statements {
          returning id";
     /// Delete.
     pub const DELETE: &str = "delete from integration where group_id = $1 and type = $2";
-    /// A project's integrations in creation order.
-    pub const LIST: &str = "select id, type, config from integration \
-                            where group_id = $1 order by seq";
 }
 
 impl IntegrationWrite {
