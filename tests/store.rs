@@ -1198,3 +1198,57 @@ async fn an_sqlite_database_from_before_the_keyed_layout_is_migrated_with_its_ro
     expected.push(datadog);
     assert_eq!(integrations(store.as_ref(), first.id).await, expected);
 }
+
+/// Writes reach the database file itself, not only the WAL, without waiting for the WAL to
+/// fill up: a thread checkpoints in the background (a handful of writes would otherwise stay
+/// in the WAL until 1,000 pages had gathered there).
+#[tokio::test]
+async fn sqlite_writes_are_checkpointed_into_the_database_file_in_the_background() {
+    use sqlx::Connection as _;
+    let dir = TempDir::new().expect("temporary directory");
+    let path = dir.path().join("atlas.db");
+    let store = store::open(&store::sqlite::url_for_path(&path), true, 2)
+        .await
+        .expect("open");
+    let org = org("Org", now_ms());
+    store.create_org(&org).await.expect("create org");
+    let group = project(&org, "p", now_ms());
+    store.create_project(&group).await.expect("create project");
+    for kind in [
+        IntegrationType::Slack,
+        IntegrationType::Webhook,
+        IntegrationType::Datadog,
+    ] {
+        store
+            .create_integration(group.id, &integration(kind, b"sealed"))
+            .await
+            .expect("create integration");
+    }
+    // A copy of the database file alone (no WAL) shows what has been checkpointed.
+    let copy = dir.path().join("copy.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        std::fs::copy(&path, &copy).expect("copy the database file");
+        let mut conn = sqlx::SqliteConnection::connect(&store::sqlite::url_for_path(&copy))
+            .await
+            .expect("open the copy");
+        // Until the checkpoint, the copy may not even have the table.
+        let rows: i64 = sqlx::query_scalar("select count(*) from integration")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        conn.close().await.expect("close the copy");
+        for leftover in ["copy.db", "copy.db-wal", "copy.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(leftover));
+        }
+        if rows == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file holds {rows} of 3 rows after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(store);
+}

@@ -164,9 +164,7 @@ fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOu
             Ok(WriteOutcome::Done(changed > 0))
         }
         (_, None) => {
-            let changed = statement
-                .execute((&group, kind.code()))
-                .map_err(classify)?;
+            let changed = statement.execute((&group, kind.code())).map_err(classify)?;
             Ok(WriteOutcome::Done(changed > 0))
         }
     }
