@@ -904,21 +904,12 @@ async fn listed_writes(store: Arc<dyn Store>) {
     // A project read (SQLite remembers its number), deleted, its number given to another
     // project with a row of the same type, then created again under the same id: a read
     // finds the project's new row, never the other project's.
+    let datadog = IntegrationType::Datadog;
     let returning = project(&org, "returning", now_ms());
-    store
-        .create_project(&returning)
-        .await
-        .expect("create project");
-    let first = integration(IntegrationType::Datadog, b"datadog 1");
-    store
-        .create_integration(returning.id, &first)
-        .await
-        .expect("create");
+    let first = integration(datadog, b"datadog 1");
+    with_row(store.as_ref(), &returning, &first).await;
     assert_eq!(
-        store
-            .get_integration(returning.id, IntegrationType::Datadog)
-            .await
-            .expect("get"),
+        one(store.as_ref(), returning.id, datadog).await,
         Some(first)
     );
     assert!(store
@@ -926,35 +917,35 @@ async fn listed_writes(store: Arc<dyn Store>) {
         .await
         .expect("delete project"));
     let other = project(&org, "other", now_ms());
-    store.create_project(&other).await.expect("create project");
-    let others = integration(IntegrationType::Datadog, b"datadog other");
-    store
-        .create_integration(other.id, &others)
-        .await
-        .expect("create");
-    store
-        .create_project(&returning)
-        .await
-        .expect("create the project again");
-    let second = integration(IntegrationType::Datadog, b"datadog 2");
-    store
-        .create_integration(returning.id, &second)
-        .await
-        .expect("create");
+    let others = integration(datadog, b"datadog other");
+    with_row(store.as_ref(), &other, &others).await;
+    let second = integration(datadog, b"datadog 2");
+    with_row(store.as_ref(), &returning, &second).await;
     assert_eq!(
-        store
-            .get_integration(returning.id, IntegrationType::Datadog)
-            .await
-            .expect("get"),
+        one(store.as_ref(), returning.id, datadog).await,
         Some(second)
     );
-    assert_eq!(
-        store
-            .get_integration(other.id, IntegrationType::Datadog)
-            .await
-            .expect("get"),
-        Some(others)
-    );
+    assert_eq!(one(store.as_ref(), other.id, datadog).await, Some(others));
+}
+
+/// Creates `project` and its integration `row`.
+async fn with_row(store: &dyn Store, project: &Project, row: &StoredIntegration) {
+    store.create_project(project).await.expect("create project");
+    store
+        .create_integration(project.id, row)
+        .await
+        .expect("create integration");
+}
+
+async fn one(
+    store: &dyn Store,
+    group: GroupId,
+    kind: IntegrationType,
+) -> Option<StoredIntegration> {
+    store
+        .get_integration(group, kind)
+        .await
+        .expect("get_integration")
 }
 
 #[tokio::test]

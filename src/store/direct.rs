@@ -47,8 +47,8 @@ pub(super) mod keyed {
         "select id, type, config from integration where rid = ?1 and group_id = ?2";
     /// A project's number: `?1` group.
     pub const NUMBER: &str = "select num from project indexed by project_id_num where id = ?1";
-    /// A project and its number (the authenticator's first look at
-    /// a project thus also gives the number its first GET needs).
+    /// A project and its number: the authenticator's first look at a project also gives
+    /// the number its first GET needs.
     pub const PROJECT: &str = "select id, org_id, name, created_at, num from project where id = ?1";
     /// The insert both writes share: `?1` group, `?2` type, `?3` id, `?4` sealed
     /// configuration, `?5` time, `?6` type code. An unknown project gives a null key, a
