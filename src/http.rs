@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use axum::Router;
 use ipnet::IpNet;
 use serde_json::json;
 
@@ -72,11 +71,6 @@ impl std::ops::Deref for AppState {
     fn deref(&self) -> &Shared {
         &self.inner
     }
-}
-
-/// The application's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,15 +125,14 @@ fn match_route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-/// The one entry point for every request. It also does what would otherwise take three
-/// tower layers (the profile of the 401 path showed their cost): a request id (the client's
-/// `X-Request-Id` when it is a sane one, else a random UUID), echoed in the response; a span
-/// carrying it, the method and the path; one log line per response.
-pub async fn dispatch(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response<Body> {
+/// The one entry point for every request, called by the accept loop for each request of a
+/// connection from `peer` (every path is routed here, so no router sits in between: axum's
+/// router, with nothing but this as its fallback, was 4 % of the instructions of a 401). It
+/// also does what would otherwise take three tower layers (the profile of the 401 path
+/// showed their cost): a request id (the client's `X-Request-Id` when it is a sane one, else
+/// a random UUID), echoed in the response; a span carrying it, the method and the path; one
+/// log line per response.
+pub async fn dispatch(state: AppState, peer: SocketAddr, request: Request) -> Response<Body> {
     let started = Instant::now();
     let request_id = request
         .headers()

@@ -16,7 +16,7 @@ use crate::auth::{private_key_aad, AuthSettings, Authenticator};
 use crate::config::{Global, Serve};
 use crate::crypto::{Keyring, MasterKey};
 use crate::domain::ids::{generate_private_key, generate_public_key, ObjectId};
-use crate::http::{router, AppState, ProjectLimiter, Shared};
+use crate::http::{AppState, ProjectLimiter, Shared};
 use crate::rotation::LiveKeys;
 use crate::store::{self, now_ms, ApiKey, Org, OrgRole, Project, Store};
 
@@ -253,7 +253,7 @@ pub fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
-    app: axum::Router,
+    state: AppState,
     auth: Arc<Authenticator>,
     first_start: Option<FirstStart>,
 }
@@ -308,13 +308,12 @@ impl Application {
             trusted_proxies,
             project_limit: serve.project_rate_limit.map(ProjectLimiter::new),
         });
-        let app = router(state);
         let listener = TcpListener::bind(serve.listen)
             .await
             .with_context(|| format!("cannot listen on {}", serve.listen))?;
         Ok(Self {
             listener,
-            app,
+            state,
             auth,
             first_start,
         })
@@ -336,7 +335,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let refresher = self.auth.spawn_refresher();
-        let result = serve(self.listener, self.app, shutdown).await;
+        let result = serve(self.listener, self.state, shutdown).await;
         refresher.abort();
         result
     }
@@ -352,11 +351,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// shutdown forever), and on `shutdown` a graceful stop bounded by [`SHUTDOWN_DEADLINE`].
 async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -380,15 +378,13 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        );
+        let state = state.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response =
+                    crate::http::dispatch(state.clone(), peer, request.map(axum::body::Body::new));
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

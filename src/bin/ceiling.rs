@@ -56,7 +56,8 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
                 continue;
             }
         };
-        // Socket options as the server's (axum::serve on a plain listener): Nagle left on.
+        // Socket options as the server's (`startup::serve`): Nagle off.
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service_fn(answer))
