@@ -878,11 +878,7 @@ async fn listed_writes(store: Arc<dyn Store>) {
     store.create_project(&next).await.expect("create project");
     assert_eq!(integrations(store.as_ref(), next.id).await, []);
     for kind in IntegrationType::ALL {
-        assert_eq!(
-            store.get_integration(next.id, kind).await.expect("get"),
-            None,
-            "{kind}"
-        );
+        assert_eq!(one(store.as_ref(), next.id, kind).await, None, "{kind}");
     }
     let teams_again = integration(IntegrationType::MicrosoftTeams, b"teams 2");
     store
@@ -890,10 +886,7 @@ async fn listed_writes(store: Arc<dyn Store>) {
         .await
         .expect("create");
     assert_eq!(
-        store
-            .get_integration(next.id, IntegrationType::MicrosoftTeams)
-            .await
-            .expect("get"),
+        one(store.as_ref(), next.id, IntegrationType::MicrosoftTeams).await,
         Some(teams_again)
     );
     assert_eq!(
@@ -1008,7 +1001,7 @@ async fn concurrent_reads(store: Arc<dyn Store>) {
                     assert_eq!(&listed, rows, "list of project {}", i % PROJECTS);
                 } else {
                     let kind = kinds[i % kinds.len()];
-                    let got = store.get_integration(*group, kind).await.expect("get");
+                    let got = one(store.as_ref(), *group, kind).await;
                     let want = rows.iter().find(|r| r.kind == kind);
                     assert_eq!(got.as_ref(), want, "{kind} of project {}", i % PROJECTS);
                 }
@@ -1179,10 +1172,7 @@ async fn an_sqlite_database_from_before_the_keyed_layout_is_migrated_with_its_ro
         .await
         .expect("create");
     assert_eq!(
-        store
-            .get_integration(third.id, IntegrationType::MicrosoftTeams)
-            .await
-            .expect("get"),
+        one(store.as_ref(), third.id, IntegrationType::MicrosoftTeams).await,
         Some(teams)
     );
     let mut expected = of(first.id);
