@@ -18,8 +18,6 @@ use super::{now_ms, StoreError, StoreResult, StoredIntegration};
 /// The most writes committed together.
 pub const MAX_BATCH: usize = 256;
 
-const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// A write's outcome, and the project's integrations right after it when asked for.
 type Written = (WriteOutcome, Option<Vec<StoredIntegration>>);
 
@@ -59,14 +57,14 @@ impl Writer {
     }
 }
 
+/// Commits whatever is waiting, as soon as the last commit is done: writes that arrive during
+/// a commit make the next batch, so batches grow with the load by themselves. (An earlier
+/// version waited until 1 ms after the last commit to gather more: in the benchmark that
+/// sleep was a third of every commit cycle under load, and side by side W4 rose from
+/// 11–13k to 15–16k durable PUTs/s and W3 from 0.25–0.31× to 0.32× without it.)
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut last_commit = std::time::Instant::now();
     while let Some(job) = jobs.blocking_recv() {
-        let since = last_commit.elapsed();
-        if since < COMMIT_INTERVAL {
-            std::thread::sleep(COMMIT_INTERVAL - since);
-        }
         batch.push(job);
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -75,7 +73,6 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         commit_batch(&conn, &mut batch);
-        last_commit = std::time::Instant::now();
     }
 }
 
