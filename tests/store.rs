@@ -211,6 +211,30 @@ async fn story(store: &dyn Store) {
         matches!(refused, Err(StoreError::NotFound)),
         "create_integration on an unknown project: expected NotFound, got {refused:?}"
     );
+    // Every write path to a project that does not exist is refused the same way, and
+    // leaves nothing behind.
+    let orphan = integration(IntegrationType::Slack, b"x");
+    let refused = [
+        store.replace_integration(unknown, &orphan).await.map(drop),
+        store
+            .create_integration_listed(unknown, &orphan)
+            .await
+            .map(drop),
+        store
+            .replace_integration_listed(unknown, &orphan)
+            .await
+            .map(drop),
+    ];
+    for (write, refused) in ["replace", "create_listed", "replace_listed"]
+        .iter()
+        .zip(refused)
+    {
+        assert!(
+            matches!(refused, Err(StoreError::NotFound)),
+            "{write} on an unknown project: expected NotFound, got {refused:?}"
+        );
+    }
+    assert_eq!(integrations(store, unknown).await, []);
     assert_eq!(
         integrations(store, p1.id).await,
         [pager_duty.clone(), slack.clone(), datadog.clone()],
