@@ -121,10 +121,10 @@ pub struct Direct {
 /// writer still checkpointed (13 % of its time): at 20 ms, and with the writer's threshold at
 /// [`WRITER_AUTOCHECKPOINT_PAGES`], side by side W3's p99 fell from 11–13 ms to 7–8 ms and
 /// W4's from 20 to 15 ms. The writer keeps its automatic checkpoint, which then only has the
-/// few pages committed since this thread's last pass to copy: a checkpoint run while the writer keeps
-/// committing never catches up with the WAL's end, and SQLite only starts the WAL file over
-/// after a checkpoint that did, so without the writer's own the file grew without bound
-/// (150 MB in one benchmark run). It stops when the store is dropped.
+/// few pages committed since this thread's last pass to copy: a checkpoint run while the
+/// writer keeps committing never catches up with the WAL's end, and SQLite only starts the
+/// WAL file over after a checkpoint that did, so without the writer's own the file grew
+/// without bound (150 MB in one benchmark run). It stops when the store is dropped.
 #[derive(Debug)]
 struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
