@@ -546,16 +546,25 @@ impl Process {
         }
     }
 
-    /// A value of the first-start text (`group id`, `public key`, `private key`).
+    /// A value of the first-start text (`group id`, `public key`, `private key`). The text
+    /// comes on stdout, read by a thread of its own, which may not have caught up with the
+    /// `listening` line on stderr yet: it waits up to 10 s for the label to appear.
     pub fn credential(&self, label: &str) -> String {
-        let out = self.stdout.lock().expect("lock");
-        out.lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix(&format!("{label}:"))
-                    .map(|v| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| panic!("no {label:?} in: {out}"))
+        let prefix = format!("{label}:");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let out = self.stdout.lock().expect("lock").clone();
+            let found = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&prefix).map(|v| v.trim().to_owned()));
+            match found {
+                Some(value) => return value,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                None => panic!("no {label:?} in: {out}"),
+            }
+        }
     }
 
     /// Sends SIGKILL and waits.
