@@ -128,11 +128,10 @@ fn match_route(path: &str) -> Option<Route<'_>> {
 /// The one entry point for every request, called by the accept loop for each request of a
 /// connection from `peer` (every path is routed here, so no router sits in between: axum's
 /// router, with nothing but this as its fallback, cost 6,000 of a 401's 64,000 instructions
-/// under callgrind). It
-/// also does what would otherwise take three tower layers (the profile of the 401 path
-/// showed their cost): a request id (the client's `X-Request-Id` when it is a sane one, else
-/// a random UUID), echoed in the response; a span carrying it, the method and the path; one
-/// log line per response.
+/// under callgrind). It also does what would otherwise take three tower layers (the profile
+/// of the 401 path showed their cost): a request id (the client's `X-Request-Id` when it is
+/// a sane one, else a random UUID), echoed in the response; a span carrying it, the method
+/// and the path; one log line per response.
 pub async fn dispatch(state: AppState, peer: SocketAddr, request: Request) -> Response<Body> {
     let started = Instant::now();
     let request_id = request
