@@ -823,6 +823,60 @@ async fn sixteen_concurrent_creates_of_one_type_on_postgres_give_one_success_and
     concurrent_creates(Arc::clone(&fresh.store)).await;
 }
 
+/// Deleting a project deletes its integrations, not only the project: a project created
+/// after it (on SQLite it takes the deleted project's number, so its rows the same keys)
+/// creates, replaces and lists its own integrations as if the first had never been.
+async fn deleted_projects_leave_no_integrations(store: Arc<dyn Store>) {
+    let org = org("Org", now_ms());
+    store.create_org(&org).await.expect("create org");
+    let kept = project(&org, "kept", now_ms());
+    store.create_project(&kept).await.expect("create project");
+    let kept_rows = [integration(IntegrationType::Slack, b"kept slack")];
+    store
+        .create_integration(kept.id, &kept_rows[0])
+        .await
+        .expect("create");
+    let gone = project(&org, "gone", now_ms());
+    store.create_project(&gone).await.expect("create project");
+    for kind in [IntegrationType::Slack, IntegrationType::Webhook] {
+        store
+            .create_integration(gone.id, &integration(kind, b"gone"))
+            .await
+            .expect("create");
+    }
+    assert!(store.delete_project(gone.id).await.expect("delete project"));
+    let next = project(&org, "next", now_ms());
+    store.create_project(&next).await.expect("create project");
+    let slack = integration(IntegrationType::Slack, b"next slack");
+    store
+        .create_integration(next.id, &slack)
+        .await
+        .expect("create where the deleted project had the same type");
+    let webhook = integration(IntegrationType::Webhook, b"next webhook");
+    let listed = store
+        .replace_integration_listed(next.id, &webhook)
+        .await
+        .expect("replace where the deleted project had the same type");
+    assert_eq!(listed, [slack.clone(), webhook.clone()]);
+    assert_eq!(integrations(store.as_ref(), next.id).await, [slack, webhook]);
+    assert!(integrations(store.as_ref(), gone.id).await.is_empty());
+    assert_eq!(integrations(store.as_ref(), kept.id).await, kept_rows);
+}
+
+#[tokio::test]
+async fn a_deleted_sqlite_project_leaves_no_integrations() {
+    let fresh = fresh_sqlite(2).await;
+    deleted_projects_leave_no_integrations(Arc::clone(&fresh.store)).await;
+}
+
+#[tokio::test]
+async fn a_deleted_postgres_project_leaves_no_integrations() {
+    let Some(fresh) = fresh_postgres(2).await else {
+        return;
+    };
+    deleted_projects_leave_no_integrations(Arc::clone(&fresh.store)).await;
+}
+
 /// The writes that answer the project's list (POST and PUT): the list is the one the write
 /// left, in creation order, with a replaced row keeping its id and place; a refused create
 /// writes nothing.

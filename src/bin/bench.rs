@@ -462,7 +462,7 @@ async fn drive(
                     );
                 };
                 eprintln!(
-                    "round {round} {workload:?} {:<9} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.1} µs/req ({:.2} cores)  client {:>5.1} µs/req{}  RSS {:>5.1} MiB  softirq {:.2} others {:.2} cores{}",
+                    "round {round} {workload:?} {:<9} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.1} µs/req ({:.2} cores)  client {:>5.1} µs/req{}  RSS {:>5.1} MiB  softirq {:.2} others {:.2} cores{}{}",
                     server.label,
                     result.rps,
                     result.p50_us / 1e3,
@@ -478,6 +478,15 @@ async fn drive(
                     result.peak_rss_kb as f64 / 1024.0,
                     result.irq_cores,
                     result.other_cores,
+                    result
+                        .by_method
+                        .iter()
+                        .map(|(method, m)| format!(
+                            "\n    {method:<6} p50 {:>6.2} ms  p99 {:>6.2} ms",
+                            m.p50_us / 1e3,
+                            m.p99_us / 1e3
+                        ))
+                        .collect::<String>(),
                     if result.transport_errors + result.unexpected > 0 {
                         format!(
                             "  ({} transport errors, {} unexpected: {})",

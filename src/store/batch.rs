@@ -8,7 +8,7 @@
 //! disk exactly as with one commit per write. The thread owns its connection and calls
 //! SQLite directly: a batch costs one hand-off, not one per statement.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::direct::{classify, keyed, list};
@@ -122,58 +122,65 @@ fn run_cached(conn: &Connection, statements: &[&str]) -> rusqlite::Result<()> {
 
 /// Runs one write on `conn`, then with `listed` reads the project's integrations.
 fn apply(conn: &Connection, write: &IntegrationWrite, listed: bool) -> StoreResult<Written> {
-    let outcome = write_one(conn, write)?;
+    let (outcome, number) = write_one(conn, write)?;
     if !listed {
         return Ok((outcome, None));
     }
-    let rows = list(conn, write.parts().1).map_err(classify)??;
+    let rows = list(conn, write.parts().1, number).map_err(classify)??;
     Ok((outcome, Some(rows)))
 }
 
-fn write_one(conn: &Connection, write: &IntegrationWrite) -> StoreResult<WriteOutcome> {
+/// Runs one write; also answers the project's number when it was read.
+fn write_one(
+    conn: &Connection,
+    write: &IntegrationWrite,
+) -> StoreResult<(WriteOutcome, Option<i64>)> {
     let (_, group, kind, row) = write.parts();
-    let sql = match write {
-        IntegrationWrite::Create { .. } => keyed::CREATE,
-        IntegrationWrite::Replace { .. } => keyed::REPLACE,
-        IntegrationWrite::Delete { .. } => keyed::DELETE,
-    };
-    let mut statement = conn.prepare_cached(sql).map_err(classify)?;
     let group = group.to_string();
-    match (write, row) {
-        (IntegrationWrite::Replace { .. }, Some(row)) => {
-            let id: String = statement
-                .query_row(
-                    (
-                        &group,
-                        kind.as_str(),
-                        row.id.to_string(),
-                        &row.sealed,
-                        now_ms(),
-                        kind.code(),
-                    ),
-                    |r| r.get(0),
-                )
-                .map_err(classify)?;
-            WriteOutcome::replaced(&id)
-        }
-        (_, Some(row)) => {
-            let changed = statement
-                .execute((
-                    &group,
-                    kind.as_str(),
-                    row.id.to_string(),
-                    &row.sealed,
-                    now_ms(),
-                    kind.code(),
+    let Some(row) = row else {
+        // Delete.
+        let changed = conn
+            .prepare_cached(keyed::DELETE)
+            .and_then(|mut delete| delete.execute((&group, kind.code())))
+            .map_err(classify)?;
+        return Ok((WriteOutcome::Done(changed > 0), None));
+    };
+    let (number, seq) = conn
+        .prepare_cached(keyed::NEXT)
+        .and_then(|mut next| {
+            next.query_row([&group], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .optional()
+        })
+        .map_err(classify)?
+        .ok_or(StoreError::NotFound)?;
+    let params = (
+        number * 16 + kind.code(),
+        seq,
+        &group,
+        kind.as_str(),
+        row.id.to_string(),
+        &row.sealed,
+        now_ms(),
+    );
+    let outcome = if let IntegrationWrite::Replace { .. } = write {
+        let id: String = conn
+            .prepare_cached(keyed::REPLACE)
+            .and_then(|mut replace| replace.query_row(params, |r| r.get(0)).optional())
+            .map_err(classify)?
+            .ok_or_else(|| {
+                StoreError::Other(anyhow::anyhow!(
+                    "an integration key is held by another project's row"
                 ))
-                .map_err(classify)?;
-            Ok(WriteOutcome::Done(changed > 0))
-        }
-        (_, None) => {
-            let changed = statement.execute((&group, kind.code())).map_err(classify)?;
-            Ok(WriteOutcome::Done(changed > 0))
-        }
-    }
+            })?;
+        WriteOutcome::replaced(&id)?
+    } else {
+        let changed = conn
+            .prepare_cached(keyed::CREATE)
+            .and_then(|mut create| create.execute(params))
+            .map_err(classify)?;
+        WriteOutcome::Done(changed > 0)
+    };
+    Ok((outcome, Some(number)))
 }
 
 /// The transaction cannot go on: roll back what it did and fail every write of the batch.

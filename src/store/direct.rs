@@ -34,11 +34,13 @@ use super::{Project, StoreError, StoreResult, StoredIntegration};
 use crate::domain::ids::{GroupId, ObjectId};
 use crate::domain::integration::IntegrationType;
 
-/// SQLite's own statements for the integration table as migration 0002 keys it: `rid` is the
-/// project's number × 16 + the type's code, so one integration is one lookup in the table's
-/// B-tree (the project's number comes from the small covering index `project_id_num`).
-/// A project's rows are the keys next to each other from its number × 16, so lists and
-/// deletes use the key too; the `(group_id, type)` index serves rotation and the foreign key.
+/// SQLite's own statements for the integration table as migrations 0002 and 0003 key it:
+/// `rid` is the project's number × 16 + the type's code, so one integration is one lookup in
+/// the table's B-tree (the project's number comes from the small covering index
+/// `project_id_num`). A project's rows are the keys next to each other from its number × 16,
+/// so lists and deletes use the key too. The table has no other index: the key makes
+/// (project, type) unique, and the writes read the project's number first, so that an
+/// unknown project writes nothing (there is no foreign key to refuse it).
 pub(super) mod keyed {
     /// One integration by its key: `?1` the key (project number × 16 + type code), `?2`
     /// group. The `group_id` check makes a number remembered from before the project was
@@ -50,40 +52,55 @@ pub(super) mod keyed {
     /// A project and its number: the authenticator's first look at a project also gives
     /// the number its first GET needs.
     pub const PROJECT: &str = "select id, org_id, name, created_at, num from project where id = ?1";
-    /// The insert both writes share: `?1` group, `?2` type, `?3` id, `?4` sealed
-    /// configuration, `?5` time, `?6` type code. An unknown project gives a null key, a
-    /// fresh rowid, and then the foreign key's error, as before.
+    /// What a create or a replace needs first: the project's number and the `seq` a new row
+    /// of it takes; no row when the project does not exist. `?1` group.
+    pub const NEXT: &str = "select p.num, (select coalesce(max(i.seq), 0) + 1 from integration i \
+                            where i.rid between p.num * 16 and p.num * 16 + 15) \
+                            from project p indexed by project_id_num where p.id = ?1";
+    /// The insert both writes share: `?1` key, `?2` seq, `?3` group, `?4` type, `?5` id,
+    /// `?6` sealed configuration, `?7` time. A key taken is a primary-key conflict.
     macro_rules! insert {
         () => {
             "insert into integration \
              (rid, seq, group_id, type, id, config, created_at, updated_at) \
-             values ((select num from project indexed by project_id_num where id = ?1) * 16 + ?6, \
-             (select coalesce(max(i.seq), 0) + 1 from project p indexed by project_id_num \
-             join integration i not indexed on i.rid between p.num * 16 and p.num * 16 + 15 \
-             where p.id = ?1), \
-             ?1, ?2, ?3, ?4, ?5, ?5)"
+             values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
         };
     }
-    /// A project's integrations in creation order: `?1` group. Its rows are the keys
-    /// `num × 16 to num × 16 + 15`, next to each other in the table's B-tree: one descent,
-    /// where the `(group_id, type)` index costs one in the index and one in the table per row
-    /// (`not indexed` keeps the planner off that index; the rowid range is still used).
-    pub const LIST: &str = "select i.id, i.type, i.config from project p indexed by project_id_num \
-                            join integration i not indexed on i.rid between p.num * 16 and p.num * 16 + 15 \
-                            where p.id = ?1 and i.group_id = ?1 order by i.seq";
-    /// Delete: `?1` group, `?2` type code.
-    pub const DELETE: &str = "delete from integration \
-                              where rid = (select num from project indexed by project_id_num where id = ?1) * 16 + ?2 \
-                              and group_id = ?1";
     /// Create.
     pub const CREATE: &str = insert!();
-    /// Replace or create, same parameters; answers the id kept.
+    /// Replace or create, same parameters; answers the id kept (nothing if the key held
+    /// another project's row, which deleting a project makes impossible).
     pub const REPLACE: &str = concat!(
         insert!(),
         " on conflict (rid) do update \
          set config = excluded.config, updated_at = excluded.updated_at \
+         where integration.group_id = excluded.group_id \
          returning id"
     );
+    /// A project's integrations in creation order: `?1` group. Its rows are the keys
+    /// `num × 16 to num × 16 + 15`, next to each other in the table's B-tree: one descent.
+    pub const LIST: &str = "select i.id, i.type, i.config from project p indexed by project_id_num \
+                            join integration i on i.rid between p.num * 16 and p.num * 16 + 15 \
+                            where p.id = ?1 and i.group_id = ?1 order by i.seq";
+    /// The same by the project's number, which a write has just read: `?1` number, `?2`
+    /// group.
+    pub const LIST_NUMBERED: &str = "select id, type, config from integration \
+                                     where rid between ?1 * 16 and ?1 * 16 + 15 \
+                                     and group_id = ?2 order by seq";
+    /// Delete: `?1` group, `?2` type code.
+    pub const DELETE: &str = "delete from integration \
+                              where rid = (select num from project indexed by project_id_num where id = ?1) * 16 + ?2 \
+                              and group_id = ?1";
+    /// Every integration of a project, when deleting it: `$1` group (sqlx statement).
+    pub const DELETE_PROJECT: &str = "delete from integration \
+        where rid between (select num from project indexed by project_id_num where id = $1) * 16 \
+        and (select num from project indexed by project_id_num where id = $1) * 16 + 15 \
+        and group_id = $1";
+    /// Rotation's compare-and-swap of one sealed configuration: `$1` new, `$2` group, `$3`
+    /// type code, `$4` old (sqlx statement).
+    pub const RESEAL: &str = "update integration set config = $1 \
+        where rid = (select num from project indexed by project_id_num where id = $2) * 16 + $3 \
+        and group_id = $2 and config = $4";
 }
 
 /// Read lanes. One: its page cache holds every B-tree's upper levels once rather than twice,
@@ -260,14 +277,21 @@ fn read_batch(reader: &mut Reader, keys: &Keys) -> StoreResult<Found> {
     found
 }
 
-/// A project's integrations in creation order, on `conn`.
+/// A project's integrations in creation order, on `conn`, by its number when the caller
+/// has just read it (`keyed::LIST_NUMBERED`), else through `project_id_num` (`keyed::LIST`).
 pub(super) fn list(
     conn: &Connection,
     group: GroupId,
+    number: Option<i64>,
 ) -> rusqlite::Result<StoreResult<Vec<StoredIntegration>>> {
-    let mut list = conn.prepare_cached(keyed::LIST)?;
-    let rows = list
-        .query_map([group.to_string()], integration_row)?
+    let text = group.to_string();
+    let (sql, params): (&str, &[&dyn rusqlite::ToSql]) = match &number {
+        Some(number) => (keyed::LIST_NUMBERED, &[number, &text]),
+        None => (keyed::LIST, &[&text]),
+    };
+    let rows = conn
+        .prepare_cached(sql)?
+        .query_map(params, integration_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows.into_iter().collect())
 }
@@ -313,7 +337,7 @@ fn lookups(
         }
     }
     for &group in &keys.groups {
-        match list(conn, group)? {
+        match list(conn, group, None)? {
             Ok(rows) => {
                 found.lists.insert(group, rows);
             }

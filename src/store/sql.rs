@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::conns::Conns;
-use super::direct::Direct;
+use super::direct::{keyed, Direct};
 use super::reads::ReadBatcher;
 
 use super::{
@@ -214,6 +214,11 @@ impl SqlStore {
             write,
             hot: HotPath::Direct(std::sync::Arc::new(direct)),
         }
+    }
+
+    /// Whether this is the SQLite store, whose integration table goes by key (`keyed`).
+    fn is_sqlite(&self) -> bool {
+        matches!(self.hot, HotPath::Direct(_))
     }
 
     async fn write_integration(&self, write: IntegrationWrite) -> StoreResult<WriteOutcome> {
@@ -484,8 +489,14 @@ impl Store for SqlStore {
         let mut tx = self.auth_change().await?;
         // Explicit deletes rather than relying on `on delete cascade` alone, which some
         // PostgreSQL-compatible engines implement only partially.
+        // SQLite's integration table has no index on `group_id`: its rows go by key range.
+        let integrations = if self.is_sqlite() {
+            keyed::DELETE_PROJECT
+        } else {
+            "delete from integration where group_id = $1"
+        };
         for sql in [
-            "delete from integration where group_id = $1",
+            integrations,
             "delete from api_key_project where project_id = $1",
         ] {
             sqlx::query(sql)
@@ -732,6 +743,13 @@ impl Store for SqlStore {
 
     async fn reseal(&self, at: &SealedRef, old: &[u8], new: &[u8]) -> StoreResult<bool> {
         let query = match at {
+            SealedRef::Integration { group, kind } if self.is_sqlite() => {
+                sqlx::query(keyed::RESEAL)
+                    .bind(new.to_vec())
+                    .bind(group.to_string())
+                    .bind(kind.code())
+                    .bind(old.to_vec())
+            }
             SealedRef::Integration { group, kind } => sqlx::query(
                 "update integration set config = $1 where group_id = $2 and type = $3 \
                  and config = $4",
