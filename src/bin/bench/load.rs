@@ -133,6 +133,19 @@ pub struct RunResult {
     pub rechallenges: u64,
     /// Requests by `METHOD status`.
     pub statuses: BTreeMap<String, u64>,
+    /// Latency by method, for workloads that mix them: p50 and p99 in µs.
+    pub by_method: BTreeMap<String, MethodLatency>,
+}
+
+/// One method's latency within a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MethodLatency {
+    /// Requests.
+    pub requests: u64,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
 }
 
 /// One request about to be sent.
@@ -238,6 +251,8 @@ impl Chooser {
 #[derive(Default)]
 struct ConnStats {
     latencies_ns: Vec<u64>,
+    /// The method of each request of `latencies_ns`.
+    methods: Vec<&'static str>,
     transport_errors: u64,
     unexpected: u64,
     unexpected_sample: Option<String>,
@@ -339,6 +354,7 @@ async fn connection(spec: Arc<RunSpec>, index: usize, barrier: Arc<Barrier>) -> 
                 stats
                     .latencies_ns
                     .push(u64::try_from((finished - started).as_nanos()).unwrap_or(u64::MAX));
+                stats.methods.push(request.method);
                 *stats
                     .statuses
                     .entry(format!("{} {}", request.method, response.status))
@@ -454,6 +470,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
             continue;
         };
         all.latencies_ns.extend_from_slice(&stats.latencies_ns);
+        all.methods.extend_from_slice(&stats.methods);
         all.transport_errors += stats.transport_errors;
         all.unexpected += stats.unexpected;
         all.rechallenges += stats.rechallenges;
@@ -486,6 +503,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
     let other_ticks = machine_after
         .saturating_sub(machine_before)
         .saturating_sub(server_ticks + client_ticks + database_ticks);
+    let by_method = by_method(&all.latencies_ns, &all.methods);
     let mut latencies = all.latencies_ns;
     RunResult {
         requests,
@@ -506,7 +524,30 @@ pub async fn run(spec: RunSpec) -> RunResult {
         unexpected_sample: all.unexpected_sample,
         rechallenges: all.rechallenges,
         statuses: all.statuses,
+        by_method,
     }
+}
+
+/// Latency by method, when there is more than one.
+fn by_method(latencies: &[u64], methods: &[&'static str]) -> BTreeMap<String, MethodLatency> {
+    let mut split: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (&latency, &method) in latencies.iter().zip(methods) {
+        split.entry(method).or_default().push(latency);
+    }
+    if split.len() < 2 {
+        return BTreeMap::new();
+    }
+    split
+        .into_iter()
+        .map(|(method, mut values)| {
+            let latency = MethodLatency {
+                requests: values.len() as u64,
+                p50_us: percentile(&mut values, 0.50) / 1e3,
+                p99_us: percentile(&mut values, 0.99) / 1e3,
+            };
+            (method.to_owned(), latency)
+        })
+        .collect()
 }
 
 /// The `q` quantile (nearest rank) in ns; 0 for no samples.
