@@ -858,7 +858,10 @@ async fn deleted_projects_leave_no_integrations(store: Arc<dyn Store>) {
         .await
         .expect("replace where the deleted project had the same type");
     assert_eq!(listed, [slack.clone(), webhook.clone()]);
-    assert_eq!(integrations(store.as_ref(), next.id).await, [slack, webhook]);
+    assert_eq!(
+        integrations(store.as_ref(), next.id).await,
+        [slack, webhook]
+    );
     assert!(integrations(store.as_ref(), gone.id).await.is_empty());
     assert_eq!(integrations(store.as_ref(), kept.id).await, kept_rows);
 }

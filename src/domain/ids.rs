@@ -51,17 +51,24 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
-impl fmt::Display for ObjectId {
-    /// One `write_str` of 24 digits (formatting each byte with `{:02x}` showed in the
-    /// profile of every request).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ObjectId {
+    /// The 24 lowercase hexadecimal digits, without formatting machinery.
+    pub fn hex(&self) -> [u8; 24] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; 24];
         for (pair, b) in text.chunks_exact_mut(2).zip(self.0) {
             pair[0] = HEX[usize::from(b >> 4)];
             pair[1] = HEX[usize::from(b & 0x0f)];
         }
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        text
+    }
+}
+
+impl fmt::Display for ObjectId {
+    /// One `write_str` of 24 digits (formatting each byte with `{:02x}` showed in the
+    /// profile of every request).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
     }
 }
 

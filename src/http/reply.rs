@@ -3,23 +3,59 @@
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde::ser::SerializeMap;
+use serde_json::{json, Value};
 
 use super::error::{ApiError, WireError};
 use super::query::{Params, V2_MEDIA_TYPE};
-use crate::domain::integration::ApiVersion;
+use crate::domain::integration::{ApiVersion, Rendered};
 
 /// A successful result before presentation.
 #[derive(Debug)]
 pub enum Reply {
     /// A list object (`links`, `results`, `totalCount`).
-    List(Map<String, Value>),
+    List(ListPage),
     /// One object.
-    Object(Map<String, Value>),
+    Object(Rendered),
     /// 204 No Content.
     NoContent,
     /// A plain status body (health).
     Status(StatusCode, Value),
+}
+
+/// A page of a list (contract §6).
+#[derive(Debug)]
+pub struct ListPage {
+    /// `self`, `previous`, `next`.
+    pub links: Vec<Value>,
+    /// This page's objects.
+    pub results: Vec<Rendered>,
+    /// With `includeCount`: every object's count.
+    pub total_count: Option<u64>,
+}
+
+/// A page as written, with the envelope's `status` when there is one: its members by name,
+/// as a map of them would be written.
+struct Listed<'a> {
+    page: &'a ListPage,
+    status: Option<u16>,
+}
+
+impl serde::Serialize for Listed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let members =
+            2 + usize::from(self.status.is_some()) + usize::from(self.page.total_count.is_some());
+        let mut map = serializer.serialize_map(Some(members))?;
+        map.serialize_entry("links", &self.page.links)?;
+        map.serialize_entry("results", &self.page.results)?;
+        if let Some(status) = self.status {
+            map.serialize_entry("status", &status)?;
+        }
+        if let Some(total) = self.page.total_count {
+            map.serialize_entry("totalCount", &total)?;
+        }
+        map.end()
+    }
 }
 
 fn to_bytes(value: &impl serde::Serialize, pretty: bool) -> Vec<u8> {
@@ -31,7 +67,12 @@ fn to_bytes(value: &impl serde::Serialize, pretty: bool) -> Vec<u8> {
     bytes.unwrap_or_default()
 }
 
-fn respond(status: StatusCode, body: &Value, pretty: bool, media: &'static str) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    body: &impl serde::Serialize,
+    pretty: bool,
+    media: &'static str,
+) -> Response<Body> {
     with_body(status, to_bytes(body, pretty), media)
 }
 
@@ -51,12 +92,12 @@ pub fn success(reply: Reply, params: Params, version: ApiVersion) -> Response<Bo
         ApiVersion::V2 => V2_MEDIA_TYPE,
     };
     match (reply, params.envelope) {
-        (Reply::List(mut list), true) => {
-            list.insert("status".to_owned(), json!(200));
-            respond(StatusCode::OK, &Value::Object(list), params.pretty, media)
-        }
-        (Reply::List(list), false) => {
-            respond(StatusCode::OK, &Value::Object(list), params.pretty, media)
+        (Reply::List(page), envelope) => {
+            let listed = Listed {
+                page: &page,
+                status: envelope.then_some(200),
+            };
+            respond(StatusCode::OK, &listed, params.pretty, media)
         }
         (Reply::Object(object), true) => respond(
             StatusCode::OK,
@@ -64,9 +105,7 @@ pub fn success(reply: Reply, params: Params, version: ApiVersion) -> Response<Bo
             params.pretty,
             media,
         ),
-        (Reply::Object(object), false) => {
-            respond(StatusCode::OK, &Value::Object(object), params.pretty, media)
-        }
+        (Reply::Object(object), false) => respond(StatusCode::OK, &object, params.pretty, media),
         // The envelope must carry the status in the body, so the HTTP status becomes 200.
         (Reply::NoContent, true) => respond(
             StatusCode::OK,
@@ -113,4 +152,44 @@ pub fn failure(err: ApiError, params: Params) -> Response<Body> {
         response.headers_mut().append(name, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_written_as_maps_of_the_same_members_are() {
+        let links =
+            vec![json!({"href": "http://localhost/x?pageNum=1&itemsPerPage=100", "rel": "self"})];
+        for (status, total_count) in [
+            (None, None),
+            (Some(200), None),
+            (None, Some(3)),
+            (Some(200), Some(3)),
+        ] {
+            let page = ListPage {
+                links: links.clone(),
+                results: Vec::new(),
+                total_count,
+            };
+            let mut map = serde_json::Map::new();
+            map.insert("links".to_owned(), Value::Array(links.clone()));
+            map.insert("results".to_owned(), json!([]));
+            if let Some(status) = status {
+                map.insert("status".to_owned(), json!(status));
+            }
+            if let Some(total) = total_count {
+                map.insert("totalCount".to_owned(), json!(total));
+            }
+            assert_eq!(
+                serde_json::to_string(&Listed {
+                    page: &page,
+                    status
+                })
+                .unwrap(),
+                serde_json::to_string(&map).unwrap()
+            );
+        }
+    }
 }

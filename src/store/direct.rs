@@ -79,7 +79,8 @@ pub(super) mod keyed {
     );
     /// A project's integrations in creation order: `?1` group. Its rows are the keys
     /// `num × 16 to num × 16 + 15`, next to each other in the table's B-tree: one descent.
-    pub const LIST: &str = "select i.id, i.type, i.config from project p indexed by project_id_num \
+    pub const LIST: &str =
+        "select i.id, i.type, i.config from project p indexed by project_id_num \
                             join integration i on i.rid between p.num * 16 and p.num * 16 + 15 \
                             where p.id = ?1 and i.group_id = ?1 order by i.seq";
     /// The same by the project's number, which a write has just read: `?1` number, `?2`
