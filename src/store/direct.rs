@@ -77,17 +77,19 @@ pub(super) mod keyed {
          where integration.group_id = excluded.group_id \
          returning id"
     );
-    /// A project's integrations in creation order: `?1` group. Its rows are the keys
+    /// A project's integrations and their `seq`: `?1` group. Its rows are the keys
     /// `num × 16 to num × 16 + 15`, next to each other in the table's B-tree: one descent.
-    pub const LIST: &str =
-        "select i.id, i.type, i.config from project p indexed by project_id_num \
+    /// In key order: the caller puts them in creation order (`order by seq` ran SQLite's
+    /// sorter, which copied every row, configuration included, in and out again).
+    pub const LIST: &str = "select i.id, i.type, i.config, i.seq \
+                            from project p indexed by project_id_num \
                             join integration i on i.rid between p.num * 16 and p.num * 16 + 15 \
-                            where p.id = ?1 and i.group_id = ?1 order by i.seq";
+                            where p.id = ?1 and i.group_id = ?1";
     /// The same by the project's number, which a write has just read: `?1` number, `?2`
     /// group.
-    pub const LIST_NUMBERED: &str = "select id, type, config from integration \
+    pub const LIST_NUMBERED: &str = "select id, type, config, seq from integration \
                                      where rid between ?1 * 16 and ?1 * 16 + 15 \
-                                     and group_id = ?2 order by seq";
+                                     and group_id = ?2";
     /// Delete: `?1` group, `?2` type code.
     pub const DELETE: &str = "delete from integration \
                               where rid = (select num from project indexed by project_id_num where id = ?1) * 16 + ?2 \
@@ -290,11 +292,14 @@ pub(super) fn list(
         Some(number) => (keyed::LIST_NUMBERED, &[number, &text]),
         None => (keyed::LIST, &[&text]),
     };
-    let rows = conn
+    let mut rows = conn
         .prepare_cached(sql)?
-        .query_map(params, integration_row)?
+        .query_map(params, |row| {
+            Ok((row.get::<_, i64>(3)?, integration_row(row)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows.into_iter().collect())
+    rows.sort_unstable_by_key(|&(seq, _)| seq);
+    Ok(rows.into_iter().map(|(_, row)| row).collect())
 }
 
 fn lookups(
@@ -413,16 +418,16 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 /// A row of `keyed::ONE` or `keyed::LIST`; a row this server could not have written is an
 /// error for the batch, reported without dropping the connection.
 fn integration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<StoredIntegration>> {
-    let id: String = row.get(0)?;
-    let kind: String = row.get(1)?;
-    let sealed: Vec<u8> = row.get(2)?;
+    let id = row.get_ref(0)?.as_str()?;
+    let kind = row.get_ref(1)?.as_str()?;
+    let sealed = row.get_ref(2)?.as_blob()?;
     Ok((|| {
         Ok(StoredIntegration {
-            id: parse_id(&id)?,
-            kind: IntegrationType::parse(&kind).ok_or_else(|| {
+            id: parse_id(id)?,
+            kind: IntegrationType::parse(kind).ok_or_else(|| {
                 StoreError::Other(anyhow!("unknown integration type in database"))
             })?,
-            sealed,
+            sealed: sealed.to_vec(),
         })
     })())
 }
