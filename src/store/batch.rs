@@ -11,7 +11,9 @@
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::direct::{classify, keyed, list};
+use std::sync::Arc;
+
+use super::direct::{classify, keyed, list, Commits};
 use super::sql::{IntegrationWrite, WriteOutcome};
 use super::{now_ms, StoreError, StoreResult, StoredIntegration};
 
@@ -35,12 +37,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`; it ends when the last `Writer` is dropped.
-    pub fn start(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread on `conn`, reporting its commits to `commits`; it ends when
+    /// the last `Writer` is dropped.
+    pub fn start(conn: Connection, commits: Arc<Commits>) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(MAX_BATCH * 4);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, jobs))?;
+            .spawn(move || run(conn, jobs, &commits))?;
         Ok(Self { queue })
     }
 
@@ -62,7 +65,7 @@ impl Writer {
 /// version waited until 1 ms after the last commit to gather more: in the benchmark that
 /// sleep was a third of every commit cycle under load, and side by side W4 rose from
 /// 11–13k to 15–16k durable PUTs/s and W3 from 0.25–0.31× to 0.32× without it.)
-fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, commits: &Commits) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = jobs.blocking_recv() {
         batch.push(job);
@@ -73,6 +76,7 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             }
         }
         commit_batch(&conn, &mut batch);
+        commits.committed();
     }
 }
 

@@ -22,6 +22,8 @@
 //! which are rare. Both drivers link the same SQLite library (`libsqlite3-sys`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -144,31 +146,86 @@ pub struct Direct {
 /// few pages committed since this thread's last pass to copy: a checkpoint run while the
 /// writer keeps committing never catches up with the WAL's end, and SQLite only starts the
 /// WAL file over after a checkpoint that did, so without the writer's own the file grew
-/// without bound (150 MB in one benchmark run). It stops when the store is dropped.
+/// without bound (150 MB in one benchmark run).
+///
+/// While nothing is committed it sleeps: a pass that would find no new frame waits for the
+/// writer's next commit ([`Commits`]), or [`IDLE_CHECK_INTERVAL`] for another process's.
+/// (An idle server's checkpointer used to wake 50 times a second. Backing off on a timer
+/// alone was tried and dropped: the first burst after an idle spell outgrew the writer's
+/// threshold before the next pass, and past it SQLite checkpoints on every commit.) It stops
+/// when the store and its writer are dropped.
 #[derive(Debug)]
 struct Checkpointer {
     _stop: std::sync::mpsc::Sender<()>,
 }
 
+/// How long an idle checkpointer sleeps when no commit of this process wakes it: writes of
+/// other processes (the CLI) reach the database file within about this time.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The writer's commits, counted for the checkpointer, which the writer wakes when it sleeps.
+#[derive(Debug)]
+pub(super) struct Commits {
+    count: AtomicU64,
+    parked: AtomicBool,
+    wake: std::sync::mpsc::Sender<()>,
+}
+
+impl Commits {
+    /// Called by the writer after each commit.
+    pub(super) fn committed(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let _ = self.wake.send(());
+        }
+    }
+}
+
 impl Checkpointer {
-    fn start(path: &Path) -> anyhow::Result<Self> {
+    /// Starts the thread; the writer reports its commits to the [`Commits`] answered.
+    fn start(path: &Path) -> anyhow::Result<(Self, Arc<Commits>)> {
         let conn = open_writer(path)?;
         conn.execute_batch("pragma cache_size = -64;")?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (stop, wakes) = std::sync::mpsc::channel::<()>();
+        let commits = Arc::new(Commits {
+            count: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            wake: stop.clone(),
+        });
+        let seen_by = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
-                {
-                    if let Err(err) =
-                        conn.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %err, "WAL checkpoint failed; will try again");
-                    }
-                }
-            })?;
-        Ok(Self { _stop: stop })
+            .spawn(move || checkpoint_loop(&conn, &wakes, &seen_by))?;
+        Ok((Self { _stop: stop }, commits))
+    }
+}
+
+/// Checkpoints every [`CHECKPOINT_INTERVAL`] while commits come, else when the next one
+/// comes (or [`IDLE_CHECK_INTERVAL`] has passed); ends when every sender is gone (the
+/// store's and the writer's).
+fn checkpoint_loop(conn: &Connection, wakes: &std::sync::mpsc::Receiver<()>, commits: &Commits) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut seen = commits.count.load(Ordering::SeqCst);
+    loop {
+        let mut wait = CHECKPOINT_INTERVAL;
+        if commits.count.load(Ordering::SeqCst) == seen {
+            // Park, then look again: a commit between the two loads either is seen here or
+            // finds `parked` set and sends a wake.
+            commits.parked.store(true, Ordering::SeqCst);
+            if commits.count.load(Ordering::SeqCst) == seen {
+                wait = IDLE_CHECK_INTERVAL;
+            } else {
+                commits.parked.store(false, Ordering::SeqCst);
+            }
+        }
+        if let Err(RecvTimeoutError::Disconnected) = wakes.recv_timeout(wait) {
+            return;
+        }
+        commits.parked.store(false, Ordering::SeqCst);
+        seen = commits.count.load(Ordering::SeqCst);
+        if let Err(err) = conn.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(())) {
+            tracing::warn!(error = %err, "WAL checkpoint failed; will try again");
+        }
     }
 }
 
@@ -220,8 +277,8 @@ impl Direct {
     /// Opens the writer and starts the read lanes and the writer thread on the database
     /// file at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let writer = Writer::start(open_writer(path)?)?;
-        let checkpointer = Checkpointer::start(path)?;
+        let (checkpointer, commits) = Checkpointer::start(path)?;
+        let writer = Writer::start(open_writer(path)?, commits)?;
         let reads = ReadBatcher::start_inline(
             READERS,
             || Reader {
