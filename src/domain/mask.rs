@@ -16,6 +16,9 @@ pub fn mask_key(value: &str) -> String {
 /// Partial URL masking: scheme, host and port kept, everything after replaced by `/****`.
 /// User info is dropped. Text that is not an absolute URL is masked whole as `****`.
 pub fn mask_url(value: &str) -> String {
+    if let Some(masked) = mask_plain_url(value) {
+        return masked;
+    }
     match url::Url::parse(value) {
         Ok(parsed) if parsed.has_host() => {
             let host = parsed.host_str().unwrap_or_default();
@@ -26,6 +29,58 @@ pub fn mask_url(value: &str) -> String {
         }
         _ => "****".to_owned(),
     }
+}
+
+/// [`mask_url`] without parsing, for the common form `http[s]://host[:port]/...` whose host
+/// the URL standard leaves as it is: lowercase ASCII letters, digits, `-` and `.` in
+/// non-empty labels, the last starting with a letter (else it may be an IPv4 address), no
+/// `xn--` label (punycode is checked). `None` for anything else, which the full parser
+/// handles (`url::Url::parse` was most of a webhook's rendering). A unit test compares both
+/// over many forms.
+fn mask_plain_url(value: &str) -> Option<String> {
+    let (scheme, rest, default_port) = if let Some(rest) = value.strip_prefix("https://") {
+        ("https", rest, 443)
+    } else if let Some(rest) = value.strip_prefix("http://") {
+        ("http", rest, 80)
+    } else {
+        return None;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let labels_plain = host.split('.').all(|label| {
+        !label.is_empty()
+            && !label.starts_with("xn--")
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    let last_is_name = host
+        .rsplit('.')
+        .next()
+        .and_then(|label| label.bytes().next())
+        .is_some_and(|b| b.is_ascii_lowercase());
+    if !labels_plain || !last_is_name {
+        return None;
+    }
+    let port = match port {
+        None | Some("") => None,
+        Some(digits) if digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            let number: u32 = digits.parse().ok()?;
+            if number > 65_535 {
+                return None;
+            }
+            (number != default_port).then_some(number)
+        }
+        Some(_) => return None,
+    };
+    Some(match port {
+        Some(port) => format!("{scheme}://{host}:{port}/****"),
+        None => format!("{scheme}://{host}/****"),
+    })
 }
 
 /// Full masking: a fixed string, whatever the secret's length.
@@ -66,5 +121,90 @@ mod tests {
         assert_eq!(mask_url("https://[::1]:9000/x"), "https://[::1]:9000/****");
         assert_eq!(mask_url("https://example.com"), "https://example.com/****");
         assert_eq!(mask_url("not a url"), "****");
+    }
+
+    /// The shortcut answers exactly what the URL parser does, wherever it answers at all.
+    #[test]
+    fn plain_urls_are_masked_as_the_parser_masks_them() {
+        let parsed = |value: &str| match url::Url::parse(value) {
+            Ok(p) if p.has_host() => Some(match p.port() {
+                Some(port) => format!(
+                    "{}://{}:{port}/****",
+                    p.scheme(),
+                    p.host_str().unwrap_or_default()
+                ),
+                None => format!("{}://{}/****", p.scheme(), p.host_str().unwrap_or_default()),
+            }),
+            _ => None,
+        };
+        let schemes = [
+            "https://", "http://", "HTTPS://", "ftp://", "https:/", "https:",
+        ];
+        let hosts = [
+            "example.com",
+            "hooks.slack.com",
+            "a",
+            "a-b.c-d",
+            "-a.b",
+            "a-.b",
+            "EXAMPLE.com",
+            "example.com.",
+            ".example.com",
+            "a..b",
+            "1.2.3.4",
+            "1.2.3",
+            "0x7f.1",
+            "a.0x7f",
+            "a.1b",
+            "a.b1",
+            "xn--nxasmq6b.com",
+            "xn--a.com",
+            "ex_ample.com",
+            "exa mple.com",
+            "ex%41mple.com",
+            "user:pw@example.com",
+            "user@example.com",
+            "[::1]",
+            "[2001:db8::1]",
+            "ébc.com",
+            "",
+            "a.b.c.d.e.f",
+            "localhost",
+            "LocalHost",
+            "a\\b.com",
+        ];
+        let ports = [
+            "", ":", ":443", ":80", ":0443", ":8443", ":65535", ":65536", ":99999", ":1x", ":-1",
+            ":00000", ":0",
+        ];
+        let tails = [
+            "",
+            "/",
+            "/services/T0/B0/XX",
+            "?x=1",
+            "#frag",
+            "/a?b#c",
+            "\\x",
+        ];
+        let mut compared = 0;
+        for scheme in schemes {
+            for host in hosts {
+                for port in ports {
+                    for tail in tails {
+                        let value = format!("{scheme}{host}{port}{tail}");
+                        if let Some(fast) = mask_plain_url(&value) {
+                            assert_eq!(Some(fast), parsed(&value), "{value}");
+                            compared += 1;
+                        }
+                        assert_eq!(
+                            mask_url(&value),
+                            parsed(&value).unwrap_or_else(|| "****".to_owned()),
+                            "{value}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(compared > 500, "only {compared} values took the shortcut");
     }
 }
