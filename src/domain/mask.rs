@@ -16,18 +16,26 @@ pub fn mask_key(value: &str) -> String {
 /// Partial URL masking: scheme, host and port kept, everything after replaced by `/****`.
 /// User info is dropped. Text that is not an absolute URL is masked whole as `****`.
 pub fn mask_url(value: &str) -> String {
-    if let Some(masked) = mask_plain_url(value) {
-        return masked;
-    }
+    mask_plain_url(value).unwrap_or_else(|| mask_parsed_url(value))
+}
+
+/// [`mask_url`] through the URL parser, for every form.
+fn mask_parsed_url(value: &str) -> String {
     match url::Url::parse(value) {
-        Ok(parsed) if parsed.has_host() => {
-            let host = parsed.host_str().unwrap_or_default();
-            match parsed.port() {
-                Some(port) => format!("{}://{host}:{port}/****", parsed.scheme()),
-                None => format!("{}://{host}/****", parsed.scheme()),
-            }
-        }
+        Ok(parsed) if parsed.has_host() => shown_url(
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed.port(),
+        ),
         _ => "****".to_owned(),
+    }
+}
+
+/// What a masked URL shows.
+fn shown_url(scheme: &str, host: &str, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}/****"),
+        None => format!("{scheme}://{host}/****"),
     }
 }
 
@@ -69,18 +77,13 @@ fn mask_plain_url(value: &str) -> Option<String> {
     let port = match port {
         None | Some("") => None,
         Some(digits) if digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()) => {
-            let number: u32 = digits.parse().ok()?;
-            if number > 65_535 {
-                return None;
-            }
+            // Above 65,535 the parser refuses the URL: left to it.
+            let number: u16 = digits.parse().ok()?;
             (number != default_port).then_some(number)
         }
         Some(_) => return None,
     };
-    Some(match port {
-        Some(port) => format!("{scheme}://{host}:{port}/****"),
-        None => format!("{scheme}://{host}/****"),
-    })
+    Some(shown_url(scheme, host, port))
 }
 
 /// Full masking: a fixed string, whatever the secret's length.
@@ -126,17 +129,6 @@ mod tests {
     /// The shortcut answers exactly what the URL parser does, wherever it answers at all.
     #[test]
     fn plain_urls_are_masked_as_the_parser_masks_them() {
-        let parsed = |value: &str| match url::Url::parse(value) {
-            Ok(p) if p.has_host() => Some(match p.port() {
-                Some(port) => format!(
-                    "{}://{}:{port}/****",
-                    p.scheme(),
-                    p.host_str().unwrap_or_default()
-                ),
-                None => format!("{}://{}/****", p.scheme(), p.host_str().unwrap_or_default()),
-            }),
-            _ => None,
-        };
         let schemes = [
             "https://", "http://", "HTTPS://", "ftp://", "https:/", "https:",
         ];
@@ -193,14 +185,9 @@ mod tests {
                     for tail in tails {
                         let value = format!("{scheme}{host}{port}{tail}");
                         if let Some(fast) = mask_plain_url(&value) {
-                            assert_eq!(Some(fast), parsed(&value), "{value}");
+                            assert_eq!(fast, mask_parsed_url(&value), "{value}");
                             compared += 1;
                         }
-                        assert_eq!(
-                            mask_url(&value),
-                            parsed(&value).unwrap_or_else(|| "****".to_owned()),
-                            "{value}"
-                        );
                     }
                 }
             }
