@@ -30,7 +30,7 @@ use anyhow::anyhow;
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
 
 use super::batch::Writer;
-use super::reads::{Found, Keys, ReadBatcher};
+use super::reads::{Answers, Keys, ReadBatcher};
 use super::sql::{IntegrationWrite, WriteOutcome};
 use super::{Project, StoreError, StoreResult, StoredIntegration};
 use crate::domain::ids::{GroupId, ObjectId};
@@ -339,14 +339,14 @@ impl Direct {
 
 /// Answers a batch of reads in one read transaction (none for a single lookup). After an
 /// error the connection is dropped and the next batch opens a new one.
-fn read_batch(reader: &mut Reader, keys: &Keys) -> StoreResult<Found> {
+fn read_batch(reader: &mut Reader, keys: &Keys, answers: &mut Answers<'_>) -> StoreResult<()> {
     let conn = match reader.conn.take() {
         Some(conn) => conn,
         None => open_reader(&reader.path).map_err(classify)?,
     };
-    let found = lookups(&conn, &mut reader.numbers, keys).map_err(classify)?;
+    let done = lookups(&conn, &mut reader.numbers, keys, answers).map_err(classify)?;
     reader.conn = Some(conn);
-    found
+    done
 }
 
 /// A project's integrations in creation order, on `conn`, by its number when the caller
@@ -375,14 +375,14 @@ fn lookups(
     conn: &Connection,
     numbers: &mut Numbers,
     keys: &Keys,
-) -> rusqlite::Result<StoreResult<Found>> {
+    answers: &mut Answers<'_>,
+) -> rusqlite::Result<StoreResult<()>> {
     let count = keys.points.len() + keys.groups.len() + keys.projects.len();
     let tx = if count > 1 {
         Some(conn.unchecked_transaction()?)
     } else {
         None
     };
-    let mut found = Found::default();
     let mut one = conn.prepare_cached(keyed::ONE)?;
     let mut number = conn.prepare_cached(keyed::NUMBER)?;
     for &(group, kind) in &keys.points {
@@ -404,18 +404,13 @@ fn lookups(
             }
         }
         match row.transpose() {
-            Ok(Some(row)) => {
-                found.points.insert((group, kind), row);
-            }
-            Ok(None) => {}
+            Ok(row) => answers.one(group, kind, row.as_ref()),
             Err(err) => return Ok(Err(err)),
         }
     }
     for &group in &keys.groups {
         match list(conn, group, None)? {
-            Ok(rows) => {
-                found.lists.insert(group, rows);
-            }
+            Ok(rows) => answers.list(group, &rows),
             Err(err) => return Ok(Err(err)),
         }
     }
@@ -432,26 +427,24 @@ fn lookups(
             })
             .optional()?;
         numbers.set(group, row.as_ref().and_then(|row| row.3));
-        if let Some((org_id, name, created_at, _)) = row {
-            let org_id = match parse_id(&org_id) {
-                Ok(id) => id,
-                Err(err) => return Ok(Err(err)),
-            };
-            found.projects.insert(
-                group,
-                Project {
+        let project = match row {
+            Some((org_id, name, created_at, _)) => match parse_id(&org_id) {
+                Ok(org_id) => Some(Project {
                     id: group,
                     org_id,
                     name,
                     created_at,
-                },
-            );
-        }
+                }),
+                Err(err) => return Ok(Err(err)),
+            },
+            None => None,
+        };
+        answers.project(group, project.as_ref());
     }
     if let Some(tx) = tx {
         tx.commit()?;
     }
-    Ok(Ok(found))
+    Ok(Ok(()))
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
