@@ -478,7 +478,7 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// A row of `keyed::ONE` or `keyed::LIST`; a row this server could not have written is an
-/// error for the batch, reported without dropping the connection.
+/// error for the batch's reads not yet answered, reported without dropping the connection.
 fn integration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<StoredIntegration>> {
     let id = row.get_ref(0)?.as_str()?;
     let kind = row.get_ref(1)?.as_str()?;
