@@ -484,7 +484,7 @@ async fn drive(
                     );
                 };
                 eprintln!(
-                    "round {round} {workload:?} {:<9} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.1} µs/req ({:.2} cores)  client {:>5.1} µs/req{}  RSS {:>5.1} MiB  softirq {:.2} others {:.2} cores{}{}",
+                    "round {round} {workload:?} {:<9} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.1} µs/req ({:.2} cores)  client {:>5.1} µs/req{}  RSS {:>5.1} MiB  softirq {:.2} steal {:.2} others {:.2} cores{}{}",
                     server.label,
                     result.rps,
                     result.p50_us / 1e3,
@@ -499,6 +499,7 @@ async fn drive(
                     },
                     result.peak_rss_kb as f64 / 1024.0,
                     result.irq_cores,
+                    result.steal_cores,
                     result.other_cores,
                     result
                         .by_method

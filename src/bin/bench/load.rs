@@ -119,8 +119,11 @@ pub struct RunResult {
     /// CPU used by processes other than the server, its database and the load generator, in
     /// cores: above a few tenths, the run was disturbed.
     pub other_cores: f64,
-    /// CPU spent in interrupts, softirq (the loopback TCP stack) and steal, in cores.
+    /// CPU spent in interrupts and softirq (the loopback TCP stack), in cores.
     pub irq_cores: f64,
+    /// CPU the hypervisor took from this VM while it had work (steal), in cores: the host was
+    /// busy with other guests, which also slows every figure of the run beyond the steal itself.
+    pub steal_cores: f64,
     /// Highest resident set seen during the run (sampled every 50 ms), kB.
     pub peak_rss_kb: u64,
     /// Connection failures, resets, unreadable answers.
@@ -461,7 +464,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
     let started = Instant::now();
     let server_before = server::cpu_ticks(pid).unwrap_or(0);
     let client_before = server::own_cpu_ticks().unwrap_or(0);
-    let (machine_before, irq_before) = server::machine_ticks().unwrap_or((0, 0));
+    let machine_before = server::MachineTicks::read().unwrap_or_default();
     let database_before = spec.database_process.map_or(0, server::cpu_ticks_named);
     let mut all = ConnStats::default();
     for task in tasks {
@@ -483,7 +486,9 @@ pub async fn run(spec: RunSpec) -> RunResult {
     }
     let server_after = server::cpu_ticks(pid).unwrap_or(0);
     let client_after = server::own_cpu_ticks().unwrap_or(0);
-    let (machine_after, irq_after) = server::machine_ticks().unwrap_or((0, 0));
+    let machine = server::MachineTicks::read()
+        .unwrap_or_default()
+        .since(machine_before);
     let database_after = spec.database_process.map_or(0, server::cpu_ticks_named);
     let wall = started.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
@@ -500,8 +505,8 @@ pub async fn run(spec: RunSpec) -> RunResult {
     let server_ticks = server_after.saturating_sub(server_before);
     let client_ticks = client_after.saturating_sub(client_before);
     let database_ticks = database_after.saturating_sub(database_before);
-    let other_ticks = machine_after
-        .saturating_sub(machine_before)
+    let other_ticks = machine
+        .processes
         .saturating_sub(server_ticks + client_ticks + database_ticks);
     let by_method = by_method(&all.latencies_ns, &all.methods);
     let mut latencies = all.latencies_ns;
@@ -517,7 +522,8 @@ pub async fn run(spec: RunSpec) -> RunResult {
         client_cpu_us_per_request: per_request(client_ticks),
         database_cpu_us_per_request: per_request(database_ticks),
         other_cores: other_ticks as f64 / spec.ticks / wall,
-        irq_cores: irq_after.saturating_sub(irq_before) as f64 / spec.ticks / wall,
+        irq_cores: machine.interrupts as f64 / spec.ticks / wall,
+        steal_cores: machine.steal as f64 / spec.ticks / wall,
         peak_rss_kb,
         transport_errors: all.transport_errors,
         unexpected: all.unexpected,

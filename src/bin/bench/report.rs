@@ -222,6 +222,8 @@ pub struct Row {
     pub database_cpu_us_per_request: f64,
     /// The most CPU other processes used during one of these runs, in cores.
     pub other_cores_max: f64,
+    /// The most CPU the hypervisor took from this VM (steal) during one of these runs, in cores.
+    pub steal_cores_max: f64,
     /// Requests by status over all rounds.
     pub statuses: BTreeMap<String, u64>,
     /// The target for this row, if the issue sets one.
@@ -278,6 +280,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                 client_cpu_us_per_request: median(&values(|r| r.client_cpu_us_per_request)),
                 database_cpu_us_per_request: median(&values(|r| r.database_cpu_us_per_request)),
                 other_cores_max: values(|r| r.other_cores).into_iter().fold(0.0, f64::max),
+                steal_cores_max: values(|r| r.steal_cores).into_iter().fold(0.0, f64::max),
                 statuses,
                 server,
                 target: None,
@@ -676,6 +679,16 @@ pub fn markdown(
             )
         })
         .collect();
+    if let Some(most) = rows
+        .iter()
+        .max_by(|a, b| a.steal_cores_max.total_cmp(&b.steal_cores_max))
+    {
+        let _ = writeln!(
+            out,
+            "- Steal (CPU the hypervisor gave to other guests while this VM had work): at most {:.2} cores in one run ({:?} {}). A host busy with other guests also slows every figure beyond the steal itself, ours more than the ceiling's.",
+            most.steal_cores_max, most.workload, most.server
+        );
+    }
     if disturbed.is_empty() {
         out.push_str("- No run saw more than 0.25 cores used by other processes.\n");
     } else {

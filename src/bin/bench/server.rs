@@ -204,24 +204,50 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
-/// CPU time of the whole machine, in clock ticks: `(processes, interrupts)`, where processes
-/// is user + nice + system and interrupts is irq + softirq + steal (loopback TCP is processed
-/// in softirq, which `/proc/PID/stat` does not charge to the process).
-pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    let line = text
-        .lines()
-        .next()
-        .filter(|l| l.starts_with("cpu "))
-        .context("unexpected /proc/stat")?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    Ok((at(0) + at(1) + at(2), at(5) + at(6) + at(7)))
+/// CPU time of the whole machine, in clock ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// user + nice + system (guest time is already in user).
+    pub processes: u64,
+    /// irq + softirq: loopback TCP is processed in softirq, which `/proc/PID/stat` does not
+    /// charge to the process.
+    pub interrupts: u64,
+    /// Time the hypervisor gave this VM's CPUs to others while they had work: a host busy
+    /// with other guests (and its shared caches busy with them too).
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    /// Reads the first line of `/proc/stat`.
+    pub fn read() -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+        Self::parse(&text).context("unexpected /proc/stat")
+    }
+
+    /// The `cpu` line of a `/proc/stat` text: user nice system idle iowait irq softirq steal.
+    fn parse(text: &str) -> Option<Self> {
+        let line = text.lines().next().filter(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        Some(Self {
+            processes: at(0) + at(1) + at(2),
+            interrupts: at(5) + at(6),
+            steal: at(7),
+        })
+    }
+
+    /// What was spent between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            processes: self.processes.saturating_sub(earlier.processes),
+            interrupts: self.interrupts.saturating_sub(earlier.interrupts),
+            steal: self.steal.saturating_sub(earlier.steal),
+        }
+    }
 }
 
 /// Waits (up to `patience`) until the machine is quiet: less than `max_cores` of CPU busy
@@ -229,10 +255,10 @@ pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
 pub async fn wait_quiet(max_cores: f64, patience: Duration, ticks: f64) -> f64 {
     let give_up = Instant::now() + patience;
     loop {
-        let (before, _) = machine_ticks().unwrap_or((0, 0));
+        let before = MachineTicks::read().unwrap_or_default().processes;
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (after, _) = machine_ticks().unwrap_or((0, 0));
+        let after = MachineTicks::read().unwrap_or_default().processes;
         let cores = after.saturating_sub(before) as f64 / ticks / started.elapsed().as_secs_f64();
         if cores <= max_cores || Instant::now() >= give_up {
             return cores;
@@ -314,4 +340,38 @@ pub fn stripped_size(binary: &Path, scratch: &Path) -> Result<u64, String> {
     };
     let _ = std::fs::remove_file(&copy);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineTicks;
+
+    #[test]
+    fn proc_stat_splits_processes_interrupts_and_steal() {
+        let text = "cpu  435401 7 142900 380094 4989 11 60598 4246 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let ticks = MachineTicks::parse(text).expect("a cpu line");
+        assert_eq!(
+            ticks,
+            MachineTicks {
+                processes: 435_401 + 7 + 142_900,
+                interrupts: 11 + 60_598,
+                steal: 4_246,
+            }
+        );
+        let later = MachineTicks {
+            processes: ticks.processes + 10,
+            interrupts: ticks.interrupts + 2,
+            steal: ticks.steal + 3,
+        };
+        assert_eq!(
+            later.since(ticks),
+            MachineTicks {
+                processes: 10,
+                interrupts: 2,
+                steal: 3
+            }
+        );
+        assert_eq!(MachineTicks::parse("intr 1 2\n"), None);
+        assert_eq!(MachineTicks::parse("cpu  1 x 3\n"), None);
+    }
 }
