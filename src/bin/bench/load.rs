@@ -122,7 +122,7 @@ pub struct RunResult {
     /// CPU spent in interrupts and softirq (the loopback TCP stack), in cores.
     pub irq_cores: f64,
     /// CPU the hypervisor took from this VM while it had work (steal), in cores: the host was
-    /// busy with other guests, which also slows every figure of the run beyond the steal itself.
+    /// busy with other guests.
     pub steal_cores: f64,
     /// Highest resident set seen during the run (sampled every 50 ms), kB.
     pub peak_rss_kb: u64,

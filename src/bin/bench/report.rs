@@ -685,7 +685,7 @@ pub fn markdown(
     {
         let _ = writeln!(
             out,
-            "- Steal (CPU the hypervisor gave to other guests while this VM had work): at most {:.2} cores in one run ({:?} {}). A host busy with other guests also slows every figure beyond the steal itself, ours more than the ceiling's.",
+            "- Steal (CPU the hypervisor gave to other guests while this VM had work): at most {:.2} cores in one run ({:?} {}).",
             most.steal_cores_max, most.workload, most.server
         );
     }

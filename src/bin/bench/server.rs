@@ -212,8 +212,7 @@ pub struct MachineTicks {
     /// irq + softirq: loopback TCP is processed in softirq, which `/proc/PID/stat` does not
     /// charge to the process.
     pub interrupts: u64,
-    /// Time the hypervisor gave this VM's CPUs to others while they had work: a host busy
-    /// with other guests (and its shared caches busy with them too).
+    /// Time the hypervisor gave this VM's CPUs to other guests while they had work.
     pub steal: u64,
 }
 
