@@ -512,7 +512,6 @@ mod tests {
         let groups: Vec<GroupId> = (0..5).map(|_| GroupId::generate()).collect();
         let (slack, teams) = (IntegrationType::Slack, IntegrationType::MicrosoftTeams);
         let mut batch = Vec::new();
-        let mut answers = Vec::new();
         for (group, kind) in [
             (groups[3], slack),
             (groups[0], teams),
@@ -521,9 +520,8 @@ mod tests {
             (groups[1], slack),
             (groups[3], slack),
         ] {
-            let (reply, answer) = oneshot::channel();
+            let (reply, _answer) = oneshot::channel();
             batch.push(Read::One { group, kind, reply });
-            answers.push(answer);
         }
         for group in [groups[2], groups[0], groups[2]] {
             let (reply, _answer) = oneshot::channel();
