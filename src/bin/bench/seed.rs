@@ -243,8 +243,8 @@ pub async fn postgres(
 }
 
 /// `VACUUM (ANALYZE)` of the benchmark's database, as after any bulk load: autovacuum may be
-/// off (it is on this project's machines), and a database never vacuumed nor analyzed has no
-/// statistics and no visibility map. The planner then guessed 18 rows per `(group_id, type)`
+/// off (this project's machines run PostgreSQL without it), and a database never vacuumed nor
+/// analyzed has no statistics and no visibility map. The planner then guessed 18 rows per `(group_id, type)`
 /// and chose a bitmap heap scan per key, and every first read of a page set its hint bits,
 /// dirtying it for the checkpointer to write back during the runs. Run before every use, fresh
 /// or reused: on a vacuumed database it takes a second.
