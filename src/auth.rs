@@ -239,7 +239,7 @@ impl Authenticator {
             return Err(AuthFailure::Challenge);
         };
         let creds = digest::parse_authorization(header).ok();
-        let public_key = creds.as_ref().map(|c| c.username.as_str());
+        let public_key = creds.as_ref().map(|c| c.username.as_ref());
         match creds.as_ref().map(|c| self.check(c, method, uri)) {
             Some(Ok(key)) => Ok(key),
             Some(Err(AuthFailure::Stale)) => Err(AuthFailure::Stale),
@@ -258,7 +258,7 @@ impl Authenticator {
 
     fn check(
         &self,
-        creds: &Credentials,
+        creds: &Credentials<'_>,
         method: &str,
         uri: &str,
     ) -> Result<Arc<CachedKey>, AuthFailure> {
@@ -276,7 +276,7 @@ impl Authenticator {
                 NonceStatus::Invalid => return Err(AuthFailure::Denied),
             };
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(key) = keys.get(&creds.username) else {
+        let Some(key) = keys.get(creds.username.as_ref()) else {
             // Same work as for a known key, so timing does not tell which keys exist.
             let _ = digest::verify_ha1(creds, method, unknown_key_ha1());
             return Err(AuthFailure::Denied);
