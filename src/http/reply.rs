@@ -138,27 +138,22 @@ pub fn failure(err: ApiError, params: Params) -> Response<Body> {
         status: u16,
     }
     let status = err.code.status();
-    if !params.envelope && !params.pretty && err.parameters.is_empty() {
-        if let Some(bytes) = plain_body(err.code) {
-            let mut response = with_body(status, bytes, "application/json");
-            for (name, value) in err.headers {
-                response.headers_mut().append(name, value);
-            }
-            return response;
-        }
-    }
-    let bytes = if params.envelope {
-        to_bytes(
+    let shared = (!params.envelope && !params.pretty && err.parameters.is_empty())
+        .then(|| plain_body(err.code))
+        .flatten();
+    let body: Body = match shared {
+        Some(bytes) => bytes.into(),
+        None if params.envelope => to_bytes(
             &Enveloped {
                 content: err.wire(),
                 status: status.as_u16(),
             },
             params.pretty,
         )
-    } else {
-        to_bytes(&err.wire(), params.pretty)
+        .into(),
+        None => to_bytes(&err.wire(), params.pretty).into(),
     };
-    let mut response = with_body(status, bytes, "application/json");
+    let mut response = with_body(status, body, "application/json");
     for (name, value) in err.headers {
         response.headers_mut().append(name, value);
     }
