@@ -331,7 +331,7 @@ fn authenticate(
                 let challenge = auth::digest::challenge(&state.auth.nonce(), stale);
                 ApiError::plain(ErrorCode::UserUnauthorized).with_header(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_str(&challenge)
+                    HeaderValue::try_from(challenge)
                         .unwrap_or(HeaderValue::from_static("Digest realm=\"MMS Public API\"")),
                 )
             }
