@@ -522,3 +522,31 @@ pub(super) fn classify(err: rusqlite::Error) -> StoreError {
     }
     StoreError::Other(anyhow::Error::new(err))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The SQLite linked in is built with `.cargo/config.toml`'s `LIBSQLITE3_FLAGS`: each
+    /// connection keeps its own page cache, and allocations keep no global statistics, so no
+    /// process-wide mutex sits between the read lane and the writer thread.
+    #[test]
+    fn sqlite_is_built_without_process_wide_cache_and_memory_statistics_locks() {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        let mut statement = conn
+            .prepare("pragma compile_options")
+            .expect("pragma compiles");
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .expect("pragma runs")
+            .collect::<Result<_, _>>()
+            .expect("options read");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    }
+}
