@@ -13,8 +13,18 @@ use atlas_integrations::{admin, startup, telemetry};
 /// (which empties a reader's cache) freed them, glibc gave the memory back to the system, and
 /// the next reads faulted it in again (W3: 0.7 page faults per request, 131,379 in 8 s;
 /// with `override`, 3,359; ≈ 9 MiB more resident under W3, within its 64 MiB target).
+///
+/// Rust's allocations reach it through the system allocator, that is C's `malloc`, which the
+/// `override` feature makes mimalloc's: `MiMalloc` would pass every allocation to
+/// `mi_malloc_aligned`, whose fast path gives up on blocks over 1 KiB that are not a power of
+/// two (hyper's buffers, SQLite's rows) and over-allocates them instead (≈ 2,200 of an
+/// authenticated GET's 72,000 instructions under callgrind). `System` calls `malloc` for
+/// every alignment up to 16 bytes and `posix_memalign` (mimalloc's too) above.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: std::alloc::System = std::alloc::System;
+
+/// Links mimalloc, whose `malloc` and `free` replace the C library's for the whole process.
+use mimalloc as _;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
