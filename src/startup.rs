@@ -20,6 +20,8 @@ use crate::http::{AppState, ProjectLimiter, Shared};
 use crate::rotation::LiveKeys;
 use crate::store::{self, now_ms, ApiKey, Org, OrgRole, Project, Store};
 
+mod connections;
+
 /// Metadata names.
 pub mod meta {
     /// The key-check value of the master key.
@@ -341,14 +343,13 @@ impl Application {
     }
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful shutdown waits for requests in flight before it gives up on them.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The accept loop: HTTP/1.1 and HTTP/2 on every connection, a header-read timeout (a client
-/// that never finishes its headers is dropped rather than holding a connection and delaying
-/// shutdown forever), and on `shutdown` a graceful stop bounded by [`SHUTDOWN_DEADLINE`].
+/// The accept loop: HTTP/1.1 and HTTP/2 on every connection, each closed once idle for 10 to
+/// 15 s (a client that never finishes its request head is dropped rather than holding a
+/// connection and delaying shutdown forever: [`connections`]), and on `shutdown` a graceful
+/// stop bounded by [`SHUTDOWN_DEADLINE`].
 async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -357,12 +358,8 @@ async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = connections::Connections::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -379,23 +376,27 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let activity = Arc::new(connections::Activity::default());
+        let counted = Arc::clone(&activity);
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let finished = counted.start();
                 let response =
                     crate::http::dispatch(state.clone(), peer, request.map(axum::body::Body::new));
-                async move { Ok::<_, std::convert::Infallible>(response.await) }
+                async move {
+                    let response = response.await;
+                    drop(finished);
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        tokio::spawn(connections.watch(connection, activity));
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.stop() => {}
         () = tokio::time::sleep(SHUTDOWN_DEADLINE) => {
             tracing::warn!("requests still in flight after the shutdown deadline were dropped");
         }

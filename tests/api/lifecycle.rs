@@ -218,3 +218,54 @@ async fn a_client_that_never_finishes_its_headers_cannot_hold_up_shutdown() {
     );
     drop(stalled);
 }
+
+#[tokio::test]
+async fn idle_connections_and_unfinished_request_heads_are_closed_after_ten_to_fifteen_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Arrange: one connection that sent half a request head, one that finished a request and
+    // then said nothing, one that keeps asking for /health every second.
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let busy = reqwest::Client::new();
+    let started = std::time::Instant::now();
+
+    // Act: keep the busy connection in use while waiting for the others to be closed.
+    let closed = |mut stream: tokio::net::TcpStream| async move {
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), read).await;
+        started.elapsed()
+    };
+    let keep_busy = async {
+        for _ in 0..17 {
+            let reply = busy.get(format!("{}/health", app.base)).send().await;
+            assert_eq!(reply.map(|r| r.status().as_u16()).ok(), Some(200));
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    };
+    let ((stalled_after, idle_after), ()) = tokio::join!(
+        async { tokio::join!(closed(stalled), closed(idle)) },
+        keep_busy
+    );
+
+    // Assert
+    for after in [stalled_after, idle_after] {
+        assert!(
+            after >= std::time::Duration::from_secs(9)
+                && after <= std::time::Duration::from_secs(16),
+            "closed after {after:?}"
+        );
+    }
+}
