@@ -372,7 +372,7 @@ fn ratio_target(
     r.pass = Some(pass);
     targets.push(Target {
         name: label.to_owned(),
-        figure: format!("{ratio:.2}× ({} req/s)", thousands(r.rps.median)),
+        figure: format!("{ratio:.3}× ({} req/s)", thousands(r.rps.median)),
         threshold: format!("≥ {min_ratio}× ceiling"),
         pass: Some(pass),
     });
@@ -481,7 +481,7 @@ pub fn judge(rows: &mut [Row], extras: &Extras, settings: &Settings) -> Vec<Targ
     let (figure, pass) = match (big, one) {
         (Some(big), Some(one)) if one > 0.0 => (
             format!(
-                "{:.2}× ({:.2} ms vs {:.2} ms)",
+                "{:.3}× ({:.2} ms vs {:.2} ms)",
                 big / one,
                 big / 1e3,
                 one / 1e3
