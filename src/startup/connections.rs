@@ -100,6 +100,7 @@ impl Connections {
             _alive: self.alive.clone(),
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             timer: Box::pin(tokio::time::sleep(WATCH_INTERVAL)),
+            timer_polled: false,
             seen: 0,
             quiet: 0,
             registered: false,
@@ -134,6 +135,8 @@ pub struct Watched<C> {
     _alive: Option<mpsc::Sender<()>>,
     id: u64,
     timer: Pin<Box<Sleep>>,
+    /// Whether the timer has been polled (and so holds this task's waker).
+    timer_polled: bool,
     /// Requests started at the last look.
     seen: u64,
     /// Looks in a row that found nothing started and nothing in flight.
@@ -177,6 +180,12 @@ impl<C: GracefulConnection> Future for Watched<C> {
         if this.conn.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
+        // Once polled, the timer holds this task's waker (a task's waker does not change), so
+        // until it fires only its state is read; it is polled again to be re-armed.
+        if this.timer_polled && !this.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        this.timer_polled = true;
         while this.timer.as_mut().poll(cx).is_ready() {
             if this.idle_too_long() {
                 // Dropping the connection closes its socket.
