@@ -100,10 +100,9 @@ impl Connections {
             _alive: self.alive.clone(),
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             timer: Box::pin(tokio::time::sleep(WATCH_INTERVAL)),
-            timer_polled: false,
             seen: 0,
             quiet: 0,
-            registered: false,
+            polled: false,
             asked_to_stop: false,
         }
     }
@@ -135,13 +134,13 @@ pub struct Watched<C> {
     _alive: Option<mpsc::Sender<()>>,
     id: u64,
     timer: Pin<Box<Sleep>>,
-    /// Whether the timer has been polled (and so holds this task's waker).
-    timer_polled: bool,
     /// Requests started at the last look.
     seen: u64,
     /// Looks in a row that found nothing started and nothing in flight.
     quiet: u8,
-    registered: bool,
+    /// Whether it has been polled: its waker is registered for the stop, and the timer holds
+    /// it too.
+    polled: bool,
     asked_to_stop: bool,
 }
 
@@ -164,14 +163,15 @@ impl<C: GracefulConnection> Future for Watched<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if !this.registered {
+        let first = !this.polled;
+        if first {
             // Registered before the flag is read: a stop either sees this waker or is seen.
             this.shared
                 .wakers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(this.id, cx.waker().clone());
-            this.registered = true;
+            this.polled = true;
         }
         if !this.asked_to_stop && this.shared.stopping.load(Ordering::Acquire) {
             this.asked_to_stop = true;
@@ -182,10 +182,9 @@ impl<C: GracefulConnection> Future for Watched<C> {
         }
         // Once polled, the timer holds this task's waker (a task's waker does not change), so
         // until it fires only its state is read; it is polled again to be re-armed.
-        if this.timer_polled && !this.timer.is_elapsed() {
+        if !first && !this.timer.is_elapsed() {
             return Poll::Pending;
         }
-        this.timer_polled = true;
         while this.timer.as_mut().poll(cx).is_ready() {
             if this.idle_too_long() {
                 // Dropping the connection closes its socket.
@@ -199,7 +198,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
 
 impl<C> Drop for Watched<C> {
     fn drop(&mut self) {
-        if self.registered {
+        if self.polled {
             self.shared
                 .wakers
                 .lock()
