@@ -230,9 +230,52 @@ mod idx {
     pub const USERHASH: usize = 10;
 }
 
+/// RFC 7230 `tchar`, by byte: one load per byte of every token the parser scans rather than
+/// a search of the punctuation list.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+/// Bytes a quoted value holds as they are: not `"`, not `\\`, not a control byte other than
+/// tab (a table, like [`TCHAR`]: the quoted values are most of a header's bytes).
+const QUOTED_PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = !(c == b'"' || c == b'\\' || (c < 0x20 && c != b'\t') || c == 0x7f);
+        b += 1;
+    }
+    table
+};
+
 /// RFC 7230 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 /// RFC 7230 `OWS` characters.
@@ -286,9 +329,7 @@ impl<'a> Cursor<'a> {
         // closing quote, the value is that span (it ends at ASCII bytes, so on character
         // boundaries). Anything else (an escape, a control byte, no end) goes the careful way.
         let rest = self.bytes.get(start..).unwrap_or_default();
-        let stop = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || (b < 0x20 && b != b'\t') || b == 0x7f);
+        let stop = rest.iter().position(|&b| !QUOTED_PLAIN[usize::from(b)]);
         if let Some(len) = stop.filter(|&len| rest.get(len) == Some(&b'"')) {
             self.pos = start + len + 1;
             let text: &'a str = self.text;
@@ -1411,6 +1452,17 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&input)
             );
+        }
+    }
+
+    #[test]
+    fn byte_tables_are_rfc_7230_tchar_and_plain_quoted_text() {
+        for b in 0..=u8::MAX {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), tchar, "byte {b}");
+            // qdtext (tab, space, 0x21, 0x23-0x5B, 0x5D-0x7E, obs-text 0x80-0xFF).
+            let qdtext = matches!(b, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff);
+            assert_eq!(QUOTED_PLAIN[usize::from(b)], qdtext, "byte {b}");
         }
     }
 

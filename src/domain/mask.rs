@@ -4,6 +4,17 @@
 /// Last-four masking: `'*' × (len − 4)` then the last 4 characters; 4 characters or fewer are
 /// all `*`. Lengths count characters, not bytes.
 pub fn mask_key(value: &str) -> String {
+    if value.is_ascii() {
+        // One byte per character: the stars, then the last four bytes.
+        let stars = value.len().saturating_sub(4);
+        let mut out = String::with_capacity(value.len().max(4));
+        out.extend(std::iter::repeat_n('*', stars));
+        match value.len() > 4 {
+            true => out.push_str(&value[stars..]),
+            false => out.extend(std::iter::repeat_n('*', value.len())),
+        }
+        return out;
+    }
     let count = value.chars().count();
     if count <= 4 {
         return "*".repeat(count);
@@ -109,6 +120,29 @@ mod tests {
     #[test]
     fn multibyte_keys_are_masked_by_character() {
         assert_eq!(mask_key("ééééé"), "*éééé");
+        assert_eq!(mask_key("abcé"), "****");
+        assert_eq!(mask_key("abcdéfgh"), "****éfgh");
+    }
+
+    #[test]
+    fn ascii_keys_of_every_length_mask_as_by_character() {
+        let by_character = |value: &str| {
+            let count = value.chars().count();
+            let kept = value.chars().skip(count.saturating_sub(4));
+            "*".repeat(count.saturating_sub(4)) + &kept.collect::<String>()
+        };
+        for len in 0..40 {
+            let value: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let masked = mask_key(&value);
+            let expected = if len <= 4 {
+                "*".repeat(len)
+            } else {
+                by_character(&value)
+            };
+            assert_eq!(masked, expected, "{value}");
+        }
     }
 
     #[test]

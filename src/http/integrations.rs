@@ -57,12 +57,14 @@ pub fn seal(keyring: &Keyring, group: GroupId, config: &Config) -> Vec<u8> {
     keyring.encrypt(&config_aad(group, config.kind()), plain.expose_secret())
 }
 
-/// Opens a stored configuration.
-pub fn open(
+/// Opens a stored configuration and hands its JSON to `read`: [`Config::from_json`] for a
+/// configuration to work on, [`Rendered::from_stored`] for one to show.
+pub fn open<T>(
     keyring: &Keyring,
     group: GroupId,
     stored: &StoredIntegration,
-) -> anyhow::Result<Config> {
+    read: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
+) -> anyhow::Result<T> {
     let plain = keyring
         .decrypt(&config_aad(group, stored.kind), &stored.sealed)
         .map_err(|err| {
@@ -71,7 +73,7 @@ pub fn open(
                 stored.kind
             )
         })?;
-    Config::from_json(stored.kind, plain.expose_secret()).map_err(|_| {
+    read(plain.expose_secret()).map_err(|_| {
         anyhow::anyhow!(
             "the stored {} configuration of group {group} is not valid JSON",
             stored.kind
@@ -79,11 +81,16 @@ pub fn open(
     })
 }
 
-/// Opens a stored configuration; a value sealed under a key this server does not know yet
-/// (a rotation started by another process) makes it adopt the pending key and try again.
-async fn open_stored(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::Result<Config> {
-    match open(&ctx.state.keyring.ring(), ctx.group, stored) {
-        Ok(config) => Ok(config),
+/// Opens a stored configuration ([`open`]); a value sealed under a key this server does not
+/// know yet (a rotation started by another process) makes it adopt the pending key and try
+/// again.
+async fn open_stored<T>(
+    ctx: &Context<'_>,
+    stored: &StoredIntegration,
+    read: impl Fn(&[u8]) -> Result<T, serde_json::Error>,
+) -> anyhow::Result<T> {
+    match open(&ctx.state.keyring.ring(), ctx.group, stored, &read) {
+        Ok(opened) => Ok(opened),
         Err(err) => {
             let unknown_key = Keyring::key_id_of(&stored.sealed)
                 .is_some_and(|id| !ctx.state.keyring.ring().contains(id));
@@ -94,11 +101,24 @@ async fn open_stored(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::R
                     .adopt_pending(ctx.state.store.as_ref())
                     .await?
             {
-                return open(&ctx.state.keyring.ring(), ctx.group, stored);
+                return open(&ctx.state.keyring.ring(), ctx.group, stored, read);
             }
             Err(err)
         }
     }
+}
+
+/// Opens a stored configuration to work on.
+async fn open_config(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::Result<Config> {
+    open_stored(ctx, stored, |plain| Config::from_json(stored.kind, plain)).await
+}
+
+/// Opens a stored configuration as `ctx`'s responses show it.
+async fn open_rendered(ctx: &Context<'_>, stored: &StoredIntegration) -> anyhow::Result<Rendered> {
+    open_stored(ctx, stored, |plain| {
+        Rendered::from_stored(stored.kind, plain, ctx.version, stored.id)
+    })
+    .await
 }
 
 /// `GET /groups/{groupId}/integrations`: every configured integration, paginated.
@@ -123,8 +143,8 @@ async fn render_list(
             rendered.push(config.rendered(ctx.version, s.id));
             continue;
         }
-        match open_stored(ctx, s).await {
-            Ok(config) => rendered.push(config.rendered(ctx.version, s.id)),
+        match open_rendered(ctx, s).await {
+            Ok(shown) => rendered.push(shown),
             // One unreadable row must not hide the others: it is left out and logged.
             Err(err) => tracing::error!(error = %err, "integration left out of the list"),
         }
@@ -178,10 +198,10 @@ pub async fn get_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result
         .get_integration(ctx.group, kind)
         .await?
         .ok_or_else(|| not_configured(kind))?;
-    let config = open_stored(ctx, &stored)
+    let shown = open_rendered(ctx, &stored)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Reply::Object(config.rendered(ctx.version, stored.id)))
+    Ok(Reply::Object(shown))
 }
 
 /// `POST /groups/{groupId}/integrations/{type}`: creates; 409 when already configured.
@@ -233,7 +253,7 @@ pub async fn update_integration(
     let existing = if integration::depends_on_stored(kind, body) {
         match ctx.state.store.get_integration(ctx.group, kind).await? {
             Some(stored) => Some(
-                open_stored(ctx, &stored)
+                open_config(ctx, &stored)
                     .await
                     .map_err(ApiError::internal)?,
             ),

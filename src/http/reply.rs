@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, Response, StatusCode};
-use serde::ser::SerializeMap;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ErrorCode, WireError};
@@ -36,27 +35,55 @@ pub struct ListPage {
     pub total_count: Option<u64>,
 }
 
-/// A page as written, with the envelope's `status` when there is one: its members by name,
-/// as a map of them would be written.
-struct Listed<'a> {
-    page: &'a ListPage,
-    status: Option<u16>,
+/// A page's compact JSON, with the envelope's `status` when there is one: its members by
+/// name, as a map of them would be written; the objects are copied as rendered.
+fn page_json(page: &ListPage, status: Option<u16>) -> Vec<u8> {
+    let objects: usize = page.results.iter().map(|r| r.as_bytes().len() + 1).sum();
+    let mut out = Vec::with_capacity(objects + 256);
+    out.extend_from_slice(b"{\"links\":");
+    serde_json::to_writer(&mut out, &page.links).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b",\"results\":[");
+    for (i, object) in page.results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(object.as_bytes());
+    }
+    out.push(b']');
+    if let Some(status) = status {
+        out.extend_from_slice(format!(",\"status\":{status}").as_bytes());
+    }
+    if let Some(total) = page.total_count {
+        out.extend_from_slice(format!(",\"totalCount\":{total}").as_bytes());
+    }
+    out.push(b'}');
+    out
 }
 
-impl serde::Serialize for Listed<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let members =
-            2 + usize::from(self.status.is_some()) + usize::from(self.page.total_count.is_some());
-        let mut map = serializer.serialize_map(Some(members))?;
-        map.serialize_entry("links", &self.page.links)?;
-        map.serialize_entry("results", &self.page.results)?;
-        if let Some(status) = self.status {
-            map.serialize_entry("status", &status)?;
+/// An object's compact JSON, inside the envelope (`content` and `status`, in a map's order)
+/// when asked.
+fn object_json(object: Rendered, envelope: Option<u16>) -> Vec<u8> {
+    match envelope {
+        None => object.into_bytes(),
+        Some(status) => {
+            let mut out = Vec::with_capacity(object.as_bytes().len() + 32);
+            out.extend_from_slice(b"{\"content\":");
+            out.extend_from_slice(object.as_bytes());
+            out.extend_from_slice(format!(",\"status\":{status}}}").as_bytes());
+            out
         }
-        if let Some(total) = self.page.total_count {
-            map.serialize_entry("totalCount", &total)?;
-        }
-        map.end()
+    }
+}
+
+/// Compact JSON as sent: unchanged, or with `pretty` laid out again as serde_json's pretty
+/// printer writes it (members in the same order: maps are ordered by name).
+fn laid_out(compact: Vec<u8>, pretty: bool) -> Vec<u8> {
+    if !pretty {
+        return compact;
+    }
+    match serde_json::from_slice::<Value>(&compact) {
+        Ok(value) => to_bytes(&value, true),
+        Err(_) => compact,
     }
 }
 
@@ -94,20 +121,16 @@ pub fn success(reply: Reply, params: Params, version: ApiVersion) -> Response<Bo
         ApiVersion::V2 => V2_MEDIA_TYPE,
     };
     match (reply, params.envelope) {
-        (Reply::List(page), envelope) => {
-            let listed = Listed {
-                page: &page,
-                status: envelope.then_some(200),
-            };
-            respond(StatusCode::OK, &listed, params.pretty, media)
-        }
-        (Reply::Object(object), true) => respond(
+        (Reply::List(page), envelope) => with_body(
             StatusCode::OK,
-            &json!({"status": 200, "content": object}),
-            params.pretty,
+            laid_out(page_json(&page, envelope.then_some(200)), params.pretty),
             media,
         ),
-        (Reply::Object(object), false) => respond(StatusCode::OK, &object, params.pretty, media),
+        (Reply::Object(object), envelope) => with_body(
+            StatusCode::OK,
+            laid_out(object_json(object, envelope.then_some(200)), params.pretty),
+            media,
+        ),
         // The envelope must carry the status in the body, so the HTTP status becomes 200.
         (Reply::NoContent, true) => respond(
             StatusCode::OK,
@@ -209,37 +232,81 @@ mod tests {
         );
     }
 
+    fn sample_objects() -> Vec<Rendered> {
+        use crate::domain::ids::ObjectId;
+        use crate::domain::integration::IntegrationType;
+        [
+            (
+                IntegrationType::Slack,
+                &br#"{"apiToken":"xoxb-1234567890","channelName":"a\"b","teamName":"t"}"#[..],
+            ),
+            (
+                IntegrationType::PagerDuty,
+                br#"{"region":"US","serviceKey":"0123456789abcdef"}"#,
+            ),
+        ]
+        .into_iter()
+        .map(|(kind, plain)| {
+            Rendered::from_stored(kind, plain, ApiVersion::V2, ObjectId::generate()).unwrap()
+        })
+        .collect()
+    }
+
     #[test]
     fn pages_are_written_as_maps_of_the_same_members_are() {
         let links =
             vec![json!({"href": "http://localhost/x?pageNum=1&itemsPerPage=100", "rel": "self"})];
-        for (status, total_count) in [
-            (None, None),
-            (Some(200), None),
-            (None, Some(3)),
-            (Some(200), Some(3)),
-        ] {
-            let page = ListPage {
-                links: links.clone(),
-                results: Vec::new(),
-                total_count,
-            };
-            let mut map = serde_json::Map::new();
-            map.insert("links".to_owned(), Value::Array(links.clone()));
-            map.insert("results".to_owned(), json!([]));
-            if let Some(status) = status {
-                map.insert("status".to_owned(), json!(status));
+        for results in [Vec::new(), sample_objects()] {
+            for (status, total_count) in [
+                (None, None),
+                (Some(200), None),
+                (None, Some(3)),
+                (Some(200), Some(3)),
+            ] {
+                let page = ListPage {
+                    links: links.clone(),
+                    results: results.clone(),
+                    total_count,
+                };
+                let mut map = serde_json::Map::new();
+                map.insert("links".to_owned(), Value::Array(links.clone()));
+                let objects = results.iter().map(|r| Value::Object(r.clone().into_map()));
+                map.insert("results".to_owned(), Value::Array(objects.collect()));
+                if let Some(status) = status {
+                    map.insert("status".to_owned(), json!(status));
+                }
+                if let Some(total) = total_count {
+                    map.insert("totalCount".to_owned(), json!(total));
+                }
+                let written = page_json(&page, status);
+                assert_eq!(
+                    String::from_utf8(written.clone()).unwrap(),
+                    serde_json::to_string(&map).unwrap()
+                );
+                assert_eq!(
+                    laid_out(written, true),
+                    serde_json::to_vec_pretty(&map).unwrap()
+                );
             }
-            if let Some(total) = total_count {
-                map.insert("totalCount".to_owned(), json!(total));
-            }
+        }
+    }
+
+    #[test]
+    fn objects_are_written_as_maps_of_the_same_members_are() {
+        for object in sample_objects() {
+            let map = object.clone().into_map();
             assert_eq!(
-                serde_json::to_string(&Listed {
-                    page: &page,
-                    status
-                })
-                .unwrap(),
-                serde_json::to_string(&map).unwrap()
+                object_json(object.clone(), None),
+                serde_json::to_vec(&map).unwrap()
+            );
+            let enveloped = json!({"status": 200, "content": map});
+            assert_eq!(
+                object_json(object.clone(), Some(200)),
+                serde_json::to_vec(&enveloped).unwrap()
+            );
+            assert_eq!(
+                laid_out(object_json(object, Some(200)), true),
+                serde_json::to_vec_pretty(&enveloped).unwrap()
             );
         }
     }

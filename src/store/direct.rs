@@ -383,9 +383,15 @@ fn lookups(
     } else {
         None
     };
-    let mut one = conn.prepare_cached(keyed::ONE)?;
-    let mut number = conn.prepare_cached(keyed::NUMBER)?;
+    // Statements are taken from the connection's cache only when the batch needs them:
+    // each take and return hashes the statement's text.
+    let mut one = None;
+    let mut number = None;
     for &(group, kind) in &keys.points {
+        let one = match &mut one {
+            Some(one) => one,
+            None => one.insert(conn.prepare_cached(keyed::ONE)?),
+        };
         let text = group.to_string();
         let mut find = |num: i64| {
             one.query_row((num * 16 + kind.code(), &text), integration_row)
@@ -394,6 +400,10 @@ fn lookups(
         let hint = numbers.get(group);
         let mut row = hint.map(&mut find).transpose()?.flatten();
         if row.is_none() {
+            let number = match &mut number {
+                Some(number) => number,
+                None => number.insert(conn.prepare_cached(keyed::NUMBER)?),
+            };
             let read = number
                 .query_row([&text], |row| row.get::<_, Option<i64>>(0))
                 .optional()?
@@ -414,8 +424,12 @@ fn lookups(
             Err(err) => return Ok(Err(err)),
         }
     }
-    let mut project = conn.prepare_cached(keyed::PROJECT)?;
+    let mut project = None;
     for &group in &keys.projects {
+        let project = match &mut project {
+            Some(project) => project,
+            None => project.insert(conn.prepare_cached(keyed::PROJECT)?),
+        };
         let row = project
             .query_row([group.to_string()], |row| {
                 Ok((

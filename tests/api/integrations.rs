@@ -498,7 +498,10 @@ async fn stored_config(app: &TestApp, kind: &str) -> Config {
         .await
         .expect("read the integration")
         .expect("the integration is stored");
-    atlas_integrations::http::integrations::open(&keyring, group, &row).expect("decrypt it")
+    atlas_integrations::http::integrations::open(&keyring, group, &row, |plain| {
+        Config::from_json(kind, plain)
+    })
+    .expect("decrypt it")
 }
 
 /// Asserts the stored (clear) value of `kind`'s `field`.
