@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{ffi, CachedStatement, Connection, OpenFlags, OptionalExtension};
 
 use super::batch::Writer;
 use super::reads::{Answers, Keys, ReadBatcher};
@@ -87,11 +87,14 @@ pub(super) mod keyed {
                             from project p indexed by project_id_num \
                             join integration i on i.rid between p.num * 16 and p.num * 16 + 15 \
                             where p.id = ?1 and i.group_id = ?1";
-    /// The same by the project's number, which a write has just read: `?1` number, `?2`
-    /// group.
-    pub const LIST_NUMBERED: &str = "select id, type, config, seq from integration \
-                                     where rid between ?1 * 16 and ?1 * 16 + 15 \
-                                     and group_id = ?2";
+    /// What a create or a replace answering the list needs first: the project's number and
+    /// its integrations with their `seq` (one row with nulls when it has none; no row when
+    /// the project does not exist). `?1` group.
+    pub const ROWS: &str = "select p.num, i.id, i.type, i.config, i.seq \
+                            from project p indexed by project_id_num \
+                            left join integration i \
+                            on i.rid between p.num * 16 and p.num * 16 + 15 and i.group_id = p.id \
+                            where p.id = ?1";
     /// Delete: `?1` group, `?2` type code.
     pub const DELETE: &str = "delete from integration \
                               where rid = (select num from project indexed by project_id_num where id = ?1) * 16 + ?2 \
@@ -349,26 +352,52 @@ fn read_batch(reader: &mut Reader, keys: &Keys, answers: &mut Answers<'_>) -> St
     done
 }
 
-/// A project's integrations in creation order, on `conn`, by its number when the caller
-/// has just read it (`keyed::LIST_NUMBERED`), else through `project_id_num` (`keyed::LIST`).
-pub(super) fn list(
-    conn: &Connection,
+/// A project's integrations in creation order.
+fn list(
+    held: &mut Held<'_>,
     group: GroupId,
-    number: Option<i64>,
 ) -> rusqlite::Result<StoreResult<Vec<StoredIntegration>>> {
-    let text = group.to_string();
-    let (sql, params): (&str, &[&dyn rusqlite::ToSql]) = match &number {
-        Some(number) => (keyed::LIST_NUMBERED, &[number, &text]),
-        None => (keyed::LIST, &[&text]),
-    };
-    let mut rows = conn
-        .prepare_cached(sql)?
-        .query_map(params, |row| {
+    let mut rows = held
+        .get(keyed::LIST)?
+        .query_map([group.to_string()], |row| {
             Ok((row.get::<_, i64>(3)?, integration_row(row)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.sort_unstable_by_key(|&(seq, _)| seq);
     Ok(rows.into_iter().map(|(_, row)| row).collect())
+}
+
+/// Statements taken from the connection's statement cache once for a whole batch and
+/// returned at its end: each take and return hashes the statement's text and moves it in
+/// the cache's LRU list (for the writer, five times per write before).
+pub(super) struct Held<'c> {
+    conn: &'c Connection,
+    held: Vec<(&'static str, CachedStatement<'c>)>,
+}
+
+impl<'c> Held<'c> {
+    pub(super) fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            held: Vec::new(),
+        }
+    }
+
+    /// The statement of `sql` (a constant: held statements are told apart by address).
+    pub(super) fn get(&mut self, sql: &'static str) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        let at = match self
+            .held
+            .iter()
+            .position(|&(held, _)| std::ptr::eq(held, sql))
+        {
+            Some(at) => at,
+            None => {
+                self.held.push((sql, self.conn.prepare_cached(sql)?));
+                self.held.len() - 1
+            }
+        };
+        Ok(&mut self.held[at].1)
+    }
 }
 
 fn lookups(
@@ -383,34 +412,23 @@ fn lookups(
     } else {
         None
     };
-    // Statements are taken from the connection's cache only when the batch needs them:
-    // each take and return hashes the statement's text.
-    let mut one = None;
-    let mut number = None;
+    let mut held = Held::new(conn);
     for &(group, kind) in &keys.points {
-        let one = match &mut one {
-            Some(one) => one,
-            None => one.insert(conn.prepare_cached(keyed::ONE)?),
-        };
         let text = group.to_string();
-        let mut find = |num: i64| {
-            one.query_row((num * 16 + kind.code(), &text), integration_row)
-                .optional()
-        };
         let hint = numbers.get(group);
-        let mut row = hint.map(&mut find).transpose()?.flatten();
+        let mut row = match hint {
+            Some(num) => one(&mut held, num, kind, &text)?,
+            None => None,
+        };
         if row.is_none() {
-            let number = match &mut number {
-                Some(number) => number,
-                None => number.insert(conn.prepare_cached(keyed::NUMBER)?),
-            };
-            let read = number
+            let read = held
+                .get(keyed::NUMBER)?
                 .query_row([&text], |row| row.get::<_, Option<i64>>(0))
                 .optional()?
                 .flatten();
             numbers.set(group, read);
             if let Some(num) = read.filter(|&num| Some(num) != hint) {
-                row = find(num)?;
+                row = one(&mut held, num, kind, &text)?;
             }
         }
         match row.transpose() {
@@ -419,18 +437,14 @@ fn lookups(
         }
     }
     for &group in &keys.groups {
-        match list(conn, group, None)? {
+        match list(&mut held, group)? {
             Ok(rows) => answers.list(group, &rows),
             Err(err) => return Ok(Err(err)),
         }
     }
-    let mut project = None;
     for &group in &keys.projects {
-        let project = match &mut project {
-            Some(project) => project,
-            None => project.insert(conn.prepare_cached(keyed::PROJECT)?),
-        };
-        let row = project
+        let row = held
+            .get(keyed::PROJECT)?
             .query_row([group.to_string()], |row| {
                 Ok((
                     row.get::<_, String>(1)?,
@@ -455,10 +469,23 @@ fn lookups(
         };
         answers.project(group, project.as_ref());
     }
+    drop(held);
     if let Some(tx) = tx {
         tx.commit()?;
     }
     Ok(Ok(()))
+}
+
+/// The integration of `kind` under project number `num`, if it is `group`'s (`text`).
+fn one(
+    held: &mut Held<'_>,
+    num: i64,
+    kind: IntegrationType,
+    text: &str,
+) -> rusqlite::Result<Option<StoreResult<StoredIntegration>>> {
+    held.get(keyed::ONE)?
+        .query_row((num * 16 + kind.code(), text), integration_row)
+        .optional()
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
@@ -473,7 +500,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+pub(super) fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -494,9 +521,17 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 /// A row of `keyed::ONE` or `keyed::LIST`; a row this server could not have written is an
 /// error for the batch's reads not yet answered, reported without dropping the connection.
 fn integration_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreResult<StoredIntegration>> {
-    let id = row.get_ref(0)?.as_str()?;
-    let kind = row.get_ref(1)?.as_str()?;
-    let sealed = row.get_ref(2)?.as_blob()?;
+    integration_columns(row, 0)
+}
+
+/// [`integration_row`] from the row's column `first` on (id, type, sealed configuration).
+pub(super) fn integration_columns(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<StoreResult<StoredIntegration>> {
+    let id = row.get_ref(first)?.as_str()?;
+    let kind = row.get_ref(first + 1)?.as_str()?;
+    let sealed = row.get_ref(first + 2)?.as_blob()?;
     Ok((|| {
         Ok(StoredIntegration {
             id: parse_id(id)?,

@@ -187,9 +187,12 @@ impl IntegrationWrite {
 impl WriteOutcome {
     /// A replace's outcome from the id the database answered.
     pub(super) fn replaced(id: &str) -> StoreResult<Self> {
-        ObjectId::parse(id)
-            .map(Self::Id)
-            .ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
+        Self::replaced_id(id).map(Self::Id)
+    }
+
+    /// The id a replace answered, parsed.
+    pub(super) fn replaced_id(id: &str) -> StoreResult<ObjectId> {
+        ObjectId::parse(id).ok_or_else(|| StoreError::Other(anyhow!("bad integration id")))
     }
 }
 
