@@ -230,6 +230,52 @@ mod idx {
     pub const USERHASH: usize = 10;
 }
 
+/// The index in [`KNOWN`] of a parameter name (any ASCII case): its length and first letter
+/// pick the one candidate to compare, rather than comparing it with each known name.
+fn known(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    let letter = |i: usize| bytes.get(i).map(|b| b | 0x20);
+    let candidate = match (bytes.len(), letter(0)?) {
+        (8, b'u') if letter(4) == Some(b'n') => idx::USERNAME,
+        (8, b'u') => idx::USERHASH,
+        (5, b'r') => idx::REALM,
+        (5, b'n') => idx::NONCE,
+        (3, b'u') => idx::URI,
+        (8, b'r') => idx::RESPONSE,
+        (9, b'a') => idx::ALGORITHM,
+        (3, b'q') => idx::QOP,
+        (2, b'n') => idx::NC,
+        (6, b'c') => idx::CNONCE,
+        (6, b'o') => idx::OPAQUE,
+        _ => return None,
+    };
+    KNOWN
+        .get(candidate)
+        .is_some_and(|known| known.eq_ignore_ascii_case(name))
+        .then_some(candidate)
+}
+
+/// [`HEX_DIGIT`]'s classes.
+const NOT_HEX: u8 = 0;
+const LOWER_HEX: u8 = 1;
+const UPPER_HEX: u8 = 2;
+
+/// Each byte's class as a hex digit: a digit or `a`–`f`, `A`–`F`, or none.
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'0'..=b'9' | b'a'..=b'f' => LOWER_HEX,
+            b'A'..=b'F' => UPPER_HEX,
+            _ => NOT_HEX,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// RFC 7230 `tchar`, by byte: one load per byte of every token the parser scans rather than
 /// a search of the punctuation list.
 const TCHAR: [bool; 256] = {
@@ -435,7 +481,7 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials<'_>, ParseError>
             _ => Cow::Borrowed(cur.token()?),
         };
         expect_separator = true;
-        match KNOWN.iter().position(|k| k.eq_ignore_ascii_case(name)) {
+        match known(name) {
             Some(i) => {
                 let slot = values.get_mut(i).ok_or_else(|| cur.malformed())?;
                 if slot.is_some() {
@@ -499,15 +545,22 @@ pub fn parse_authorization(header: &[u8]) -> Result<Credentials<'_>, ParseError>
     }
     let nc = u32::from_str_radix(&nc_raw, 16).map_err(|_| ParseError::InvalidNonceCount)?;
     // Hex digits are compared in lower case; a response already in lower case is not copied.
-    let response = if response.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(response.to_ascii_lowercase())
-    } else {
-        response
-    };
     let expected = algorithm.hex_len();
-    if response.len() != expected || !response.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let (mut hex, mut upper) = (response.len() == expected, false);
+    for b in response.bytes() {
+        match HEX_DIGIT[usize::from(b)] {
+            NOT_HEX => hex = false,
+            UPPER_HEX => upper = true,
+            _ => {}
+        }
+    }
+    if !hex {
         return Err(ParseError::InvalidResponse { expected });
     }
+    let response = match upper {
+        true => Cow::Owned(response.to_ascii_lowercase()),
+        false => response,
+    };
     Ok(Credentials {
         username,
         realm,
@@ -1452,6 +1505,44 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&input)
             );
+        }
+    }
+
+    #[test]
+    fn known_names_are_found_in_any_case_and_nothing_else_is() {
+        let mut names: Vec<String> = Vec::new();
+        for name in KNOWN {
+            names.push(name.to_owned());
+            names.push(name.to_ascii_uppercase());
+            let mut mixed: Vec<u8> = name.bytes().collect();
+            mixed[0] = mixed[0].to_ascii_uppercase();
+            names.push(String::from_utf8(mixed).unwrap());
+            names.push(format!("{name}x"));
+            names.push(name[1..].to_owned());
+            names.push(format!("x{}", &name[1..]));
+            names.push(format!("{}x", &name[..name.len() - 1]));
+        }
+        names.extend(
+            [
+                "", "a", "u", "usernamf", "userhasx", "r", "x-custom", "stale", "domain",
+            ]
+            .map(String::from),
+        );
+        for name in &names {
+            let linear = KNOWN.iter().position(|k| k.eq_ignore_ascii_case(name));
+            assert_eq!(known(name), linear, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn hex_digit_classes_match_the_ascii_rules() {
+        for b in 0..=u8::MAX {
+            let class = match b {
+                _ if !b.is_ascii_hexdigit() => NOT_HEX,
+                _ if b.is_ascii_uppercase() => UPPER_HEX,
+                _ => LOWER_HEX,
+            };
+            assert_eq!(HEX_DIGIT[usize::from(b)], class, "byte {b}");
         }
     }
 
