@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::ids::{GroupId, ObjectId, OrgId};
 use crate::rotation::LiveKeys;
-use crate::store::{ApiKey, OrgRole, ProjectRole, Store, StoreError};
+use crate::store::{ApiKey, OrgRole, ProjectRole, ReadHint, Store, StoreError};
 use digest::{Credentials, NonceKey, NonceStatus, ReplayGuard, ReplayVerdict};
 use throttle::FailureThrottle;
 
@@ -111,7 +111,7 @@ pub struct Authenticator {
     replay: ReplayGuard,
     throttle: FailureThrottle,
     keys: RwLock<Arc<HashMap<String, Arc<CachedKey>>>>,
-    projects: RwLock<HashMap<GroupId, Option<OrgId>>>,
+    projects: RwLock<HashMap<GroupId, Option<(OrgId, ReadHint)>>>,
     epoch: AtomicI64,
 }
 
@@ -297,14 +297,15 @@ impl Authenticator {
         }
     }
 
-    /// What `key` may do on `group`; `None` when it has no access or the project does not
-    /// exist (the two are not told apart).
+    /// What `key` may do on `group`, with the storage's hint for reading the project's
+    /// integrations; `None` when it has no access or the project does not exist (the two are
+    /// not told apart).
     pub async fn access(
         &self,
         key: &CachedKey,
         group: GroupId,
-    ) -> Result<Option<Access>, StoreError> {
-        let Some(org) = self.project_org(group).await? else {
+    ) -> Result<Option<(Access, ReadHint)>, StoreError> {
+        let Some((org, hint)) = self.project_org(group).await? else {
             return Ok(None);
         };
         let from_org = (org == key.org_id).then_some(match key.org_role {
@@ -315,10 +316,10 @@ impl Authenticator {
             ProjectRole::Owner => Access::Write,
             ProjectRole::ReadOnly => Access::Read,
         });
-        Ok(from_org.max(from_project))
+        Ok(from_org.max(from_project).map(|access| (access, hint)))
     }
 
-    async fn project_org(&self, group: GroupId) -> Result<Option<OrgId>, StoreError> {
+    async fn project_org(&self, group: GroupId) -> Result<Option<(OrgId, ReadHint)>, StoreError> {
         if let Some(org) = self
             .projects
             .read()
@@ -327,7 +328,7 @@ impl Authenticator {
         {
             return Ok(*org);
         }
-        let org = self.store.project(group).await?.map(|p| p.org_id);
+        let org = self.store.project_access(group).await?;
         let mut projects = self.projects.write().unwrap_or_else(|e| e.into_inner());
         if projects.len() >= PROJECT_CACHE_LIMIT {
             projects.clear();

@@ -258,13 +258,13 @@ async fn handle(
         } else {
             Access::Write
         };
-        match state.auth.access(&key, group).await? {
+        let hint = match state.auth.access(&key, group).await? {
             None => return Err(ApiError::plain(ErrorCode::NotInGroup)),
-            Some(access) if access < needed => {
+            Some((access, _)) if access < needed => {
                 return Err(ApiError::plain(ErrorCode::AccessForbidden))
             }
-            Some(_) => {}
-        }
+            Some((_, hint)) => hint,
+        };
         if let Some(limiter) = &state.project_limit {
             let taken = limiter.take(group, path);
             limit = Some((limiter.per_minute(), *taken.as_ref().unwrap_or(&0)));
@@ -275,6 +275,7 @@ async fn handle(
         let ctx = integrations::Context {
             state,
             group,
+            hint,
             version,
             params,
             link_base: LinkBase {

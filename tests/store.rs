@@ -12,11 +12,11 @@ mod common {
 
 use std::sync::Arc;
 
-use atlas_integrations::domain::ids::{GroupId, ObjectId};
+use atlas_integrations::domain::ids::{GroupId, ObjectId, OrgId};
 use atlas_integrations::domain::integration::IntegrationType;
 use atlas_integrations::store::{
-    self, now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError,
-    StoredIntegration,
+    self, now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, ReadHint, SealedRef, Store,
+    StoreError, StoredIntegration,
 };
 use common::pg::TestDb;
 use tempfile::TempDir;
@@ -844,7 +844,12 @@ async fn deleted_projects_leave_no_integrations(store: Arc<dyn Store>) {
             .await
             .expect("create");
     }
+    let (gone_org, gone_hint) = store_access(store.as_ref(), gone.id)
+        .await
+        .expect("the project exists");
+    assert_eq!(gone_org, org.id);
     assert!(store.delete_project(gone.id).await.expect("delete project"));
+    assert_eq!(store_access(store.as_ref(), gone.id).await, None);
     let next = project(&org, "next", now_ms());
     store.create_project(&next).await.expect("create project");
     let slack = integration(IntegrationType::Slack, b"next slack");
@@ -864,6 +869,34 @@ async fn deleted_projects_leave_no_integrations(store: Arc<dyn Store>) {
     );
     assert!(integrations(store.as_ref(), gone.id).await.is_empty());
     assert_eq!(integrations(store.as_ref(), kept.id).await, kept_rows);
+    // A read hint is only a hint: the deleted project's (on SQLite, the number `next` has
+    // taken over) finds nothing of the deleted project's and each project's own rows.
+    let hinted = |group, kind| store.get_integration_hinted(group, kind, gone_hint);
+    let slack = IntegrationType::Slack;
+    assert_eq!(hinted(gone.id, slack).await.expect("read"), None);
+    assert_eq!(
+        hinted(next.id, slack).await.expect("read"),
+        integrations(store.as_ref(), next.id).await.first().cloned()
+    );
+    assert_eq!(
+        hinted(kept.id, slack).await.expect("read"),
+        Some(kept_rows[0].clone())
+    );
+    let (_, next_hint) = store_access(store.as_ref(), next.id)
+        .await
+        .expect("the project exists");
+    assert_eq!(
+        store
+            .get_integration_hinted(kept.id, slack, next_hint)
+            .await
+            .expect("read"),
+        Some(kept_rows[0].clone())
+    );
+}
+
+/// [`Store::project_access`] of an existing or missing project.
+async fn store_access(store: &dyn Store, group: GroupId) -> Option<(OrgId, ReadHint)> {
+    store.project_access(group).await.expect("project access")
 }
 
 #[tokio::test]

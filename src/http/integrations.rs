@@ -18,7 +18,7 @@ use super::AppState;
 use crate::crypto::Keyring;
 use crate::domain::ids::{GroupId, ObjectId};
 use crate::domain::integration::{self, ApiVersion, Config, FieldError, IntegrationType, Rendered};
-use crate::store::{StoreError, StoredIntegration};
+use crate::store::{ReadHint, StoreError, StoredIntegration};
 
 /// The largest request body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,6 +31,8 @@ pub struct Context<'a> {
     pub state: &'a AppState,
     /// The project.
     pub group: GroupId,
+    /// The storage's hint for reading the project's integrations (from the access check).
+    pub hint: ReadHint,
     /// The API version.
     pub version: ApiVersion,
     /// The query parameters.
@@ -195,7 +197,7 @@ pub async fn get_integration(ctx: &Context<'_>, kind: IntegrationType) -> Result
     let stored = ctx
         .state
         .store
-        .get_integration(ctx.group, kind)
+        .get_integration_hinted(ctx.group, kind, ctx.hint)
         .await?
         .ok_or_else(|| not_configured(kind))?;
     let shown = open_rendered(ctx, &stored)
@@ -251,7 +253,11 @@ pub async fn update_integration(
     // An unreadable stored row is not replaced from masks: the client would otherwise store
     // the masks in place of the real values. A full body or DELETE then POST repairs it.
     let existing = if integration::depends_on_stored(kind, body) {
-        match ctx.state.store.get_integration(ctx.group, kind).await? {
+        let stored = ctx
+            .state
+            .store
+            .get_integration_hinted(ctx.group, kind, ctx.hint);
+        match stored.await? {
             Some(stored) => Some(
                 open_config(ctx, &stored)
                     .await

@@ -32,7 +32,7 @@ use rusqlite::{ffi, CachedStatement, Connection, OpenFlags, OptionalExtension};
 use super::batch::Writer;
 use super::reads::{Answers, Keys, ReadBatcher};
 use super::sql::{IntegrationWrite, WriteOutcome};
-use super::{Project, StoreError, StoreResult, StoredIntegration};
+use super::{Project, ReadHint, StoreError, StoreResult, StoredIntegration};
 use crate::domain::ids::{GroupId, ObjectId};
 use crate::domain::integration::IntegrationType;
 
@@ -315,8 +315,9 @@ impl Direct {
         &self,
         group: GroupId,
         kind: IntegrationType,
+        hint: ReadHint,
     ) -> StoreResult<Option<StoredIntegration>> {
-        self.reads.one(group, kind).await
+        self.reads.one(group, kind, hint).await
     }
 
     /// A project's integrations in creation order.
@@ -324,8 +325,8 @@ impl Direct {
         self.reads.list(group).await
     }
 
-    /// A project.
-    pub async fn project(&self, group: GroupId) -> StoreResult<Option<Project>> {
+    /// A project, and its number as the hint for reading its integrations.
+    pub async fn project(&self, group: GroupId) -> StoreResult<Option<(Project, ReadHint)>> {
         self.reads.project(group).await
     }
 
@@ -413,9 +414,10 @@ fn lookups(
         None
     };
     let mut held = Held::new(conn);
-    for &(group, kind) in &keys.points {
+    for (&(group, kind), &ReadHint(asked)) in keys.points.iter().zip(&keys.hints) {
         let text = group.to_string();
-        let hint = numbers.get(group);
+        // The number the authenticator was given with the project, else the one remembered.
+        let hint = asked.or_else(|| numbers.get(group));
         let mut row = match hint {
             Some(num) => one(&mut held, num, kind, &text)?,
             None => None,
@@ -454,7 +456,8 @@ fn lookups(
                 ))
             })
             .optional()?;
-        numbers.set(group, row.as_ref().and_then(|row| row.3));
+        let number = row.as_ref().and_then(|row| row.3);
+        numbers.set(group, number);
         let project = match row {
             Some((org_id, name, created_at, _)) => match parse_id(&org_id) {
                 Ok(org_id) => Some(Project {
@@ -467,7 +470,7 @@ fn lookups(
             },
             None => None,
         };
-        answers.project(group, project.as_ref());
+        answers.project(group, project.as_ref(), ReadHint(number));
     }
     drop(held);
     if let Some(tx) = tx {

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::conns::Conns;
 use super::sql::{classify, id_col, project_row};
-use super::{Project, StoreError, StoreResult, StoredIntegration};
+use super::{Project, ReadHint, StoreError, StoreResult, StoredIntegration};
 use crate::domain::ids::GroupId;
 use crate::domain::integration::IntegrationType;
 
@@ -44,13 +44,14 @@ const SIZES: usize = MAX_READS.trailing_zeros() as usize + 1;
 
 type One = StoreResult<Option<StoredIntegration>>;
 type List = StoreResult<Vec<StoredIntegration>>;
-type OneProject = StoreResult<Option<Project>>;
+type OneProject = StoreResult<Option<(Project, ReadHint)>>;
 
 /// One read waiting for its lane.
 pub(super) enum Read {
     One {
         group: GroupId,
         kind: IntegrationType,
+        hint: ReadHint,
         reply: oneshot::Sender<One>,
     },
     List {
@@ -108,9 +109,15 @@ impl ReadBatcher {
     }
 
     /// One integration of a project.
-    pub async fn one(&self, group: GroupId, kind: IntegrationType) -> One {
+    pub async fn one(&self, group: GroupId, kind: IntegrationType, hint: ReadHint) -> One {
         let (reply, answer) = oneshot::channel();
-        self.ask(Read::One { group, kind, reply }).await?;
+        self.ask(Read::One {
+            group,
+            kind,
+            hint,
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -121,7 +128,8 @@ impl ReadBatcher {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// A project (the authenticator's first look at a project goes here).
+    /// A project and the hint for reading its integrations (the authenticator's first look
+    /// at a project goes here).
     pub async fn project(&self, group: GroupId) -> OneProject {
         let (reply, answer) = oneshot::channel();
         self.ask(Read::Project { group, reply }).await?;
@@ -182,6 +190,8 @@ async fn take(reads: &Mutex<mpsc::Receiver<Read>>, batch: &mut Vec<Read>) -> boo
 pub(super) struct Keys {
     /// Single integrations.
     pub points: Vec<(GroupId, IntegrationType)>,
+    /// The hint each of `points` was asked with (its first read's).
+    pub hints: Vec<ReadHint>,
     /// Projects whose list is asked for.
     pub groups: Vec<GroupId>,
     /// Projects.
@@ -193,9 +203,19 @@ impl Keys {
         let mut keys = Self::default();
         for read in batch {
             match read {
-                Read::One { group, kind, .. } => push_new(&mut keys.points, (*group, *kind)),
-                Read::List { group, .. } => push_new(&mut keys.groups, *group),
-                Read::Project { group, .. } => push_new(&mut keys.projects, *group),
+                Read::One {
+                    group, kind, hint, ..
+                } => {
+                    if push_new(&mut keys.points, (*group, *kind)) {
+                        keys.hints.push(*hint);
+                    }
+                }
+                Read::List { group, .. } => {
+                    push_new(&mut keys.groups, *group);
+                }
+                Read::Project { group, .. } => {
+                    push_new(&mut keys.projects, *group);
+                }
             }
         }
         keys
@@ -238,12 +258,12 @@ impl Answers<'_> {
     }
 
     /// Answers the reads of project `group`.
-    pub fn project(&mut self, group: GroupId, project: Option<&Project>) {
+    pub fn project(&mut self, group: GroupId, project: Option<&Project>, hint: ReadHint) {
         self.answer(
             |read| matches!(read, Read::Project { group: g, .. } if *g == group),
             |read| {
                 if let Read::Project { reply, .. } = read {
-                    let _ = reply.send(Ok(project.cloned()));
+                    let _ = reply.send(Ok(project.map(|p| (p.clone(), hint))));
                 }
             },
         );
@@ -270,24 +290,30 @@ fn answer(batch: &mut Vec<Read>, found: StoreResult<Found>) {
     };
     for read in batch.drain(..) {
         match read {
-            Read::One { group, kind, reply } => {
+            Read::One {
+                group, kind, reply, ..
+            } => {
                 let _ = reply.send(Ok(found.points.get(&(group, kind)).cloned()));
             }
             Read::List { group, reply } => {
                 let _ = reply.send(Ok(found.lists.get(&group).cloned().unwrap_or_default()));
             }
             Read::Project { group, reply } => {
-                let _ = reply.send(Ok(found.projects.get(&group).cloned()));
+                let project = found.projects.get(&group).cloned();
+                let _ = reply.send(Ok(project.map(|p| (p, ReadHint::default()))));
             }
         }
     }
 }
 
-/// Appends `key` unless `keys` has it (a batch holds at most [`MAX_READS`] reads).
-fn push_new<T: PartialEq>(keys: &mut Vec<T>, key: T) {
-    if !keys.contains(&key) {
+/// Appends `key` unless `keys` has it (a batch holds at most [`MAX_READS`] reads); true when
+/// it was appended.
+fn push_new<T: PartialEq>(keys: &mut Vec<T>, key: T) -> bool {
+    let new = !keys.contains(&key);
+    if new {
         keys.push(key);
     }
+    new
 }
 
 /// Rows found, by key.
@@ -306,6 +332,7 @@ async fn query(conns: &Conns, keys: &Keys) -> StoreResult<Found> {
         points,
         groups,
         projects,
+        ..
     } = keys;
     let mut found = Found::default();
     let mut lease = conns.lease().await?;
@@ -478,6 +505,7 @@ mod tests {
             batch.push(Read::One {
                 group,
                 kind: slack,
+                hint: ReadHint::default(),
                 reply,
             });
             answer
@@ -512,16 +540,25 @@ mod tests {
         let groups: Vec<GroupId> = (0..5).map(|_| GroupId::generate()).collect();
         let (slack, teams) = (IntegrationType::Slack, IntegrationType::MicrosoftTeams);
         let mut batch = Vec::new();
-        for (group, kind) in [
+        for (i, (group, kind)) in [
             (groups[3], slack),
             (groups[0], teams),
             (groups[4], slack),
             (groups[0], teams),
             (groups[1], slack),
             (groups[3], slack),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let (reply, _answer) = oneshot::channel();
-            batch.push(Read::One { group, kind, reply });
+            let hint = ReadHint(Some(i as i64));
+            batch.push(Read::One {
+                group,
+                kind,
+                hint,
+                reply,
+            });
         }
         for group in [groups[2], groups[0], groups[2]] {
             let (reply, _answer) = oneshot::channel();
@@ -537,6 +574,8 @@ mod tests {
                 (groups[1], slack)
             ]
         );
+        // Each point with the hint of its first read.
+        assert_eq!(keys.hints, [0, 1, 2, 4].map(|i| ReadHint(Some(i))));
         assert_eq!(keys.groups, [groups[2], groups[0]]);
         assert!(keys.projects.is_empty());
     }

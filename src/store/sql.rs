@@ -18,8 +18,8 @@ use super::direct::{keyed, Direct};
 use super::reads::ReadBatcher;
 
 use super::{
-    now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, SealedRef, Store, StoreError, StoreResult,
-    StoredIntegration,
+    now_ms, ApiKey, Org, OrgRole, Project, ProjectRole, ReadHint, SealedRef, Store, StoreError,
+    StoreResult, StoredIntegration,
 };
 use crate::domain::ids::{GroupId, ObjectId, OrgId};
 use crate::domain::integration::IntegrationType;
@@ -263,6 +263,14 @@ impl SqlStore {
         Ok((outcome, listed))
     }
 
+    /// A project and the hint for reading its integrations.
+    async fn project_hinted(&self, id: GroupId) -> StoreResult<Option<(Project, ReadHint)>> {
+        match &self.hot {
+            HotPath::Direct(direct) => direct.project(id).await,
+            HotPath::Pooled(reads) => reads.project(id).await,
+        }
+    }
+
     /// Starts a transaction that changes keys, roles, access lists or projects: its first
     /// statement bumps `auth_epoch`, which also takes SQLite's write lock up front.
     async fn auth_change(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
@@ -348,9 +356,19 @@ impl Store for SqlStore {
         group: GroupId,
         kind: IntegrationType,
     ) -> StoreResult<Option<StoredIntegration>> {
+        self.get_integration_hinted(group, kind, ReadHint::default())
+            .await
+    }
+
+    async fn get_integration_hinted(
+        &self,
+        group: GroupId,
+        kind: IntegrationType,
+        hint: ReadHint,
+    ) -> StoreResult<Option<StoredIntegration>> {
         match &self.hot {
-            HotPath::Direct(direct) => direct.one(group, kind).await,
-            HotPath::Pooled(reads) => reads.one(group, kind).await,
+            HotPath::Direct(direct) => direct.one(group, kind, hint).await,
+            HotPath::Pooled(reads) => reads.one(group, kind, hint).await,
         }
     }
 
@@ -459,10 +477,14 @@ impl Store for SqlStore {
     }
 
     async fn project(&self, id: GroupId) -> StoreResult<Option<Project>> {
-        match &self.hot {
-            HotPath::Direct(direct) => direct.project(id).await,
-            HotPath::Pooled(reads) => reads.project(id).await,
-        }
+        Ok(self.project_hinted(id).await?.map(|(project, _)| project))
+    }
+
+    async fn project_access(&self, id: GroupId) -> StoreResult<Option<(OrgId, ReadHint)>> {
+        Ok(self
+            .project_hinted(id)
+            .await?
+            .map(|(project, hint)| (project.org_id, hint)))
     }
 
     async fn list_projects(&self, org: Option<OrgId>) -> StoreResult<Vec<Project>> {
