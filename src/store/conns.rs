@@ -12,21 +12,21 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::AnyConnection;
+use sqlx::PgConnection;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::sql::classify;
 use super::{StoreError, StoreResult};
 
 type Connect = Box<
-    dyn Fn() -> Pin<Box<dyn Future<Output = Result<AnyConnection, sqlx::Error>> + Send>>
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<PgConnection, sqlx::Error>> + Send>>
         + Send
         + Sync,
 >;
 
 /// A bounded set of connections handed out one lease at a time.
 pub struct Conns {
-    idle: Mutex<Vec<AnyConnection>>,
+    idle: Mutex<Vec<PgConnection>>,
     permits: Semaphore,
     connect: Connect,
     timeout: Duration,
@@ -78,7 +78,7 @@ impl Conns {
 
 /// One connection on loan.
 pub struct Lease<'a> {
-    conn: Option<AnyConnection>,
+    conn: Option<PgConnection>,
     owner: &'a Conns,
     finished: bool,
     _permit: SemaphorePermit<'a>,
@@ -86,7 +86,7 @@ pub struct Lease<'a> {
 
 impl Lease<'_> {
     /// The connection.
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    pub fn conn(&mut self) -> &mut PgConnection {
         // Only `Drop` takes the connection out.
         self.conn
             .as_mut()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, Connection};
+use sqlx::{Connection, PgConnection};
 
 use super::conns::Conns;
 
@@ -37,7 +37,7 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<SqlStore> {
         Duration::from_secs(3),
         Box::new(move || {
             let url = url.clone();
-            Box::pin(async move { AnyConnection::connect(&url).await })
+            Box::pin(async move { PgConnection::connect(&url).await })
         }),
     );
     Ok(SqlStore::pooled(pool, hot, READ_LANES))
