@@ -1071,18 +1071,14 @@ async fn listed_writes_on_postgres_answer_the_list_they_left() {
 
 /// Many reads at once (merged into shared queries by the store): every one gets exactly its
 /// own rows — the asked type or none, a project's list in creation order — whether the
-/// others asked for the same key, another type, another project or a list.
+/// others asked for the same key, another type, another project or a list. A write
+/// acknowledged between two such bursts is seen by every read of the second: a batch's read
+/// transaction ends with the batch (a lane left in it would answer from its old snapshot, or
+/// fail to begin the next).
 async fn concurrent_reads(store: Arc<dyn Store>) {
     const PROJECTS: usize = 12;
-    const READS: usize = 400;
     let org = org("Org", now_ms());
     store.create_org(&org).await.expect("create org");
-    let kinds = [
-        IntegrationType::Slack,
-        IntegrationType::PagerDuty,
-        IntegrationType::Webhook,
-        IntegrationType::Datadog,
-    ];
     let mut expected = Vec::new();
     for p in 0..PROJECTS {
         let group = project(&org, &format!("p{p}"), now_ms());
@@ -1090,7 +1086,7 @@ async fn concurrent_reads(store: Arc<dyn Store>) {
         // Project p has the first p % 5 kinds, created in an order that differs per project.
         let mut rows = Vec::new();
         for k in 0..p % 5 {
-            let kind = kinds[(k + p) % kinds.len()];
+            let kind = READ_KINDS[(k + p) % READ_KINDS.len()];
             let it = integration(kind, format!("{p}:{kind}").as_bytes());
             store
                 .create_integration(group.id, &it)
@@ -1100,24 +1096,50 @@ async fn concurrent_reads(store: Arc<dyn Store>) {
         }
         expected.push((group.id, rows));
     }
-    let expected = Arc::new(expected);
+    read_burst(&store, &expected).await;
+    for (p, kind) in [(0, IntegrationType::Slack), (5, IntegrationType::Datadog)] {
+        let (group, rows) = &mut expected[p];
+        let it = integration(kind, format!("{p}:{kind}:later").as_bytes());
+        store
+            .create_integration(*group, &it)
+            .await
+            .expect("create integration");
+        rows.push(it);
+        read_burst(&store, &expected).await;
+    }
+}
+
+/// The types [`read_burst`] asks for.
+const READ_KINDS: [IntegrationType; 4] = [
+    IntegrationType::Slack,
+    IntegrationType::PagerDuty,
+    IntegrationType::Webhook,
+    IntegrationType::Datadog,
+];
+
+/// 400 reads started at once over `expected`'s projects (a third of them lists), each
+/// checked against `expected`.
+async fn read_burst(store: &Arc<dyn Store>, expected: &[(GroupId, Vec<StoredIntegration>)]) {
+    const READS: usize = 400;
+    let expected = Arc::new(expected.to_vec());
     let start = Arc::new(tokio::sync::Barrier::new(READS));
     let tasks: Vec<_> = (0..READS)
         .map(|i| {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(store);
             let expected = Arc::clone(&expected);
             let start = Arc::clone(&start);
             tokio::spawn(async move {
-                let (group, rows) = &expected[i % PROJECTS];
+                let p = i % expected.len();
+                let (group, rows) = &expected[p];
                 start.wait().await;
                 if i % 3 == 0 {
                     let listed = store.list_integrations(*group).await.expect("list");
-                    assert_eq!(&listed, rows, "list of project {}", i % PROJECTS);
+                    assert_eq!(&listed, rows, "list of project {p}");
                 } else {
-                    let kind = kinds[i % kinds.len()];
+                    let kind = READ_KINDS[i % READ_KINDS.len()];
                     let got = one(store.as_ref(), *group, kind).await;
                     let want = rows.iter().find(|r| r.kind == kind);
-                    assert_eq!(got.as_ref(), want, "{kind} of project {}", i % PROJECTS);
+                    assert_eq!(got.as_ref(), want, "{kind} of project {p}");
                 }
             })
         })

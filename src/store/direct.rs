@@ -117,6 +117,19 @@ pub(super) mod keyed {
 /// with two, for 15 % more requests per second; W2 and W3 gained too.
 const READERS: usize = 1;
 
+/// The read lane's page cache, KiB: room for the integration table's upper levels (≈ 100
+/// pages at 100,000 projects) and what the lane reads of the project index (project numbers
+/// mostly come from the maps: [`Numbers`], the authenticator's hint), so that a lookup reads
+/// only its own leaf. The leaves do not fit anyway (8 MiB held 7 % of them), and a smaller
+/// cache is cheaper to search and to empty: every commit of the writer empties it (SQLite
+/// walks the whole hash table), and the lookups' hash probes miss the CPU's caches less.
+/// perf, W1 on 100,000 projects, 8 MiB -> 1 MiB: `pcache1Fetch` 3.8 % -> 1.4 % of the
+/// server's samples against 1 % more in `pread`; W3: emptying it 1.4 % -> 0.3 %. At 1 MiB
+/// the upper levels still dropped out: `perf stat` counted 1.44 `pread`s per GET in W1,
+/// against 1.25 at 2 MiB and 1.21 at 4 MiB (session 12), for 1.2 MiB more RSS; what is
+/// left above one is not the upper levels.
+const READER_CACHE_KIB: u32 = 2048;
+
 /// How long a statement waits for a lock, as on the sqlx connections.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -408,18 +421,36 @@ fn lookups(
     answers: &mut Answers<'_>,
 ) -> rusqlite::Result<StoreResult<()>> {
     let count = keys.points.len() + keys.groups.len() + keys.projects.len();
-    let tx = if count > 1 {
-        Some(conn.unchecked_transaction()?)
-    } else {
-        None
-    };
     let mut held = Held::new(conn);
+    // One read transaction for the batch, begun and ended by statements the connection
+    // keeps prepared (`unchecked_transaction` prepared `BEGIN` and `COMMIT` anew, and
+    // finalized them, for every batch). It is ended whatever the lookups found: for a read
+    // transaction, `COMMIT` only gives up the snapshot.
+    let begun = count > 1 && held.get(BEGIN_READ)?.execute([]).map(|_| true)?;
+    let found = answer_keys(&mut held, numbers, keys, answers);
+    if begun {
+        held.get(END_READ)?.execute([])?;
+    }
+    found
+}
+
+/// Starts a batch's read transaction (held with its statements, see [`lookups`]).
+const BEGIN_READ: &str = "begin";
+/// Ends a batch's read transaction.
+const END_READ: &str = "commit";
+
+fn answer_keys(
+    held: &mut Held<'_>,
+    numbers: &mut Numbers,
+    keys: &Keys,
+    answers: &mut Answers<'_>,
+) -> rusqlite::Result<StoreResult<()>> {
     for (&(group, kind), &ReadHint(asked)) in keys.points.iter().zip(&keys.hints) {
         let text = group.to_string();
         // The number the authenticator was given with the project, else the one remembered.
         let hint = asked.or_else(|| numbers.get(group));
         let mut row = match hint {
-            Some(num) => one(&mut held, num, kind, &text)?,
+            Some(num) => one(held, num, kind, &text)?,
             None => None,
         };
         if row.is_none() {
@@ -430,7 +461,7 @@ fn lookups(
                 .flatten();
             numbers.set(group, read);
             if let Some(num) = read.filter(|&num| Some(num) != hint) {
-                row = one(&mut held, num, kind, &text)?;
+                row = one(held, num, kind, &text)?;
             }
         }
         match row.transpose() {
@@ -439,7 +470,7 @@ fn lookups(
         }
     }
     for &group in &keys.groups {
-        match list(&mut held, group)? {
+        match list(held, group)? {
             Ok(rows) => answers.list(group, &rows),
             Err(err) => return Ok(Err(err)),
         }
@@ -472,10 +503,6 @@ fn lookups(
         };
         answers.project(group, project.as_ref(), ReadHint(number));
     }
-    drop(held);
-    if let Some(tx) = tx {
-        tx.commit()?;
-    }
     Ok(Ok(()))
 }
 
@@ -497,15 +524,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // 1 MiB: room for the integration table's upper levels (≈ 100 pages at 100,000
-    // projects), so that a lookup reads only the integration's own page. The leaves do not
-    // fit anyway (8 MiB held 7 % of them), and a smaller cache is cheaper to search and to
-    // empty: every commit of the writer empties it (SQLite walks the whole hash table), and
-    // the lookups' hash probes miss the CPU's caches less. perf, W1 on 100,000 projects:
-    // `pcache1Fetch` 3.8 % -> 1.4 % of the server's samples against 1 % more in `pread`;
-    // W3: emptying it 1.4 % -> 0.3 %. Project numbers come from the maps (`Numbers`, the
-    // authenticator's hint), so `project_id_num` is rarely read here.
-    conn.execute_batch("pragma cache_size = -1024;")?;
+    conn.execute_batch(&format!("pragma cache_size = -{READER_CACHE_KIB};"))?;
     Ok(conn)
 }
 
@@ -606,5 +625,20 @@ mod tests {
             "{options:?}"
         );
         assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    }
+
+    /// The read lane's connection gets its own page cache size (the upper levels of the
+    /// B-trees must stay in it; see [`super::READER_CACHE_KIB`]).
+    #[test]
+    fn the_read_lane_keeps_a_page_cache_of_its_own_size() {
+        let dir = tempfile::TempDir::new().expect("temporary directory");
+        let path = dir.path().join("reader.db");
+        let _writer = super::open_writer(&path).expect("writer");
+        let reader = super::open_reader(&path).expect("reader");
+        let size: i64 = reader
+            .query_row("pragma cache_size", [], |row| row.get(0))
+            .expect("pragma runs");
+        assert_eq!(size, -i64::from(super::READER_CACHE_KIB));
+        assert_eq!(super::READER_CACHE_KIB, 2048);
     }
 }
