@@ -82,7 +82,7 @@ fn open_pending(ring: &Keyring, sealed: &[u8]) -> anyhow::Result<MasterKey> {
 /// Associated data of a sealed value.
 fn aad(at: &SealedRef) -> Option<Vec<u8>> {
     match at {
-        SealedRef::Integration { group, kind } => Some(config_aad(*group, *kind)),
+        SealedRef::Integration { group, kind } => Some(config_aad(*group, *kind).to_vec()),
         SealedRef::ApiKey { .. } => None,
         SealedRef::Meta { name } if name == meta::NONCE_KEY => Some(meta_aad(name)),
         SealedRef::Meta { .. } => None,

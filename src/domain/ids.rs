@@ -62,13 +62,31 @@ impl ObjectId {
         }
         text
     }
+
+    /// The 24 digits as text on the stack: a SQL parameter without a `String` (the read
+    /// lane and the writer bind one per lookup and per write).
+    pub fn text(&self) -> HexText {
+        HexText(self.hex())
+    }
+}
+
+/// An id's 24 lowercase hexadecimal digits ([`ObjectId::text`]).
+#[derive(Clone, Copy)]
+pub struct HexText([u8; 24]);
+
+impl HexText {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and letters are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for ObjectId {
     /// One `write_str` of 24 digits (formatting each byte with `{:02x}` showed in the
     /// profile of every request).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
+        f.write_str(self.text().as_str())
     }
 }
 

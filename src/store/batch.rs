@@ -126,36 +126,38 @@ fn run_cached(conn: &Connection, statements: &[&str]) -> rusqlite::Result<()> {
 /// to which the list adds or in which it replaces the row written.
 fn apply(held: &mut Held<'_>, write: &IntegrationWrite, listed: bool) -> StoreResult<Written> {
     let (_, group, kind, row) = write.parts();
-    let group = group.to_string();
+    let hex = group.text();
+    let group = hex.as_str();
     let Some(row) = row else {
         // Delete.
         let changed = held
             .get(keyed::DELETE)
-            .and_then(|delete| delete.execute((&group, kind.code())))
+            .and_then(|delete| delete.execute((group, kind.code())))
             .map_err(classify)?;
         return Ok((WriteOutcome::Done(changed > 0), None));
     };
     let (number, seq, mut rows) = if listed {
-        let (number, rows) = project_rows(held, &group)?;
+        let (number, rows) = project_rows(held, group)?;
         let seq = rows.iter().map(|&(seq, _)| seq).max().unwrap_or(0) + 1;
         (number, seq, rows)
     } else {
         let (number, seq) = held
             .get(keyed::NEXT)
             .and_then(|next| {
-                next.query_row([&group], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                next.query_row([group], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
                     .optional()
             })
             .map_err(classify)?
             .ok_or(StoreError::NotFound)?;
         (number, seq, Vec::new())
     };
+    let row_id = row.id.text();
     let params = (
         number * 16 + kind.code(),
         seq,
-        &group,
+        group,
         kind.as_str(),
-        row.id.to_string(),
+        row_id.as_str(),
         &row.sealed,
         now_ms(),
     );

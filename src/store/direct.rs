@@ -373,7 +373,7 @@ fn list(
 ) -> rusqlite::Result<StoreResult<Vec<StoredIntegration>>> {
     let mut rows = held
         .get(keyed::LIST)?
-        .query_map([group.to_string()], |row| {
+        .query_map([group.text().as_str()], |row| {
             Ok((row.get::<_, i64>(3)?, integration_row(row)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -446,39 +446,40 @@ fn answer_keys(
     answers: &mut Answers<'_>,
 ) -> rusqlite::Result<StoreResult<()>> {
     for (&(group, kind), &ReadHint(asked)) in keys.points.iter().zip(&keys.hints) {
-        let text = group.to_string();
+        let hex = group.text();
+        let text = hex.as_str();
         // The number the authenticator was given with the project, else the one remembered.
         let hint = asked.or_else(|| numbers.get(group));
         let mut row = match hint {
-            Some(num) => one(held, num, kind, &text)?,
+            Some(num) => one(held, num, kind, text)?,
             None => None,
         };
         if row.is_none() {
             let read = held
                 .get(keyed::NUMBER)?
-                .query_row([&text], |row| row.get::<_, Option<i64>>(0))
+                .query_row([text], |row| row.get::<_, Option<i64>>(0))
                 .optional()?
                 .flatten();
             numbers.set(group, read);
             if let Some(num) = read.filter(|&num| Some(num) != hint) {
-                row = one(held, num, kind, &text)?;
+                row = one(held, num, kind, text)?;
             }
         }
         match row.transpose() {
-            Ok(row) => answers.one(group, kind, row.as_ref()),
+            Ok(row) => answers.one(group, kind, row),
             Err(err) => return Ok(Err(err)),
         }
     }
     for &group in &keys.groups {
         match list(held, group)? {
-            Ok(rows) => answers.list(group, &rows),
+            Ok(rows) => answers.list(group, rows),
             Err(err) => return Ok(Err(err)),
         }
     }
     for &group in &keys.projects {
         let row = held
             .get(keyed::PROJECT)?
-            .query_row([group.to_string()], |row| {
+            .query_row([group.text().as_str()], |row| {
                 Ok((
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,

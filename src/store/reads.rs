@@ -234,28 +234,42 @@ pub(super) struct Answers<'a> {
 }
 
 impl Answers<'_> {
-    /// Answers the reads of integration `kind` of `group`.
-    pub fn one(&mut self, group: GroupId, kind: IntegrationType, row: Option<&StoredIntegration>) {
+    /// Answers the reads of integration `kind` of `group`. The row moves to the last read
+    /// that asked for it; any other (the same key asked twice in one batch) gets a copy.
+    pub fn one(&mut self, group: GroupId, kind: IntegrationType, row: Option<StoredIntegration>) {
+        let mut waiting: Option<oneshot::Sender<One>> = None;
         self.answer(
             |read| matches!(read, Read::One { group: g, kind: k, .. } if *g == group && *k == kind),
             |read| {
                 if let Read::One { reply, .. } = read {
-                    let _ = reply.send(Ok(row.cloned()));
+                    if let Some(earlier) = waiting.replace(reply) {
+                        let _ = earlier.send(Ok(row.clone()));
+                    }
                 }
             },
         );
+        if let Some(last) = waiting {
+            let _ = last.send(Ok(row));
+        }
     }
 
-    /// Answers the reads of `group`'s list.
-    pub fn list(&mut self, group: GroupId, rows: &[StoredIntegration]) {
+    /// Answers the reads of `group`'s list (moved to the last read that asked, like
+    /// [`Answers::one`]).
+    pub fn list(&mut self, group: GroupId, rows: Vec<StoredIntegration>) {
+        let mut waiting: Option<oneshot::Sender<List>> = None;
         self.answer(
             |read| matches!(read, Read::List { group: g, .. } if *g == group),
             |read| {
                 if let Read::List { reply, .. } = read {
-                    let _ = reply.send(Ok(rows.to_vec()));
+                    if let Some(earlier) = waiting.replace(reply) {
+                        let _ = earlier.send(Ok(rows.clone()));
+                    }
                 }
             },
         );
+        if let Some(last) = waiting {
+            let _ = last.send(Ok(rows));
+        }
     }
 
     /// Answers the reads of project `group`.
@@ -536,13 +550,13 @@ mod tests {
         batch.push(Read::Project { group: a, reply });
 
         let mut answers = Answers { batch: &mut batch };
-        answers.one(a, slack, Some(&row));
+        answers.one(a, slack, Some(row.clone()));
         for answer in [&mut a1, &mut a2] {
             let found = answer.try_recv().expect("answered at once").unwrap();
             assert_eq!(found.map(|r| r.sealed), Some(vec![1, 2, 3]));
         }
         assert!(b1.try_recv().is_err(), "another key's read waits");
-        answers.list(b, std::slice::from_ref(&row));
+        answers.list(b, vec![row.clone()]);
         assert_eq!(list_b.try_recv().unwrap().unwrap().len(), 1);
         assert_eq!(batch.len(), 2, "the unanswered reads stay in the batch");
 
