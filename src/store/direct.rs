@@ -426,7 +426,10 @@ fn lookups(
     // keeps prepared (`unchecked_transaction` prepared `BEGIN` and `COMMIT` anew, and
     // finalized them, for every batch). It is ended whatever the lookups found: for a read
     // transaction, `COMMIT` only gives up the snapshot.
-    let begun = count > 1 && held.get(BEGIN_READ)?.execute([]).map(|_| true)?;
+    let begun = count > 1;
+    if begun {
+        held.get(BEGIN_READ)?.execute([])?;
+    }
     let found = answer_keys(&mut held, numbers, keys, answers);
     if begun {
         held.get(END_READ)?.execute([])?;
@@ -640,6 +643,5 @@ mod tests {
             .query_row("pragma cache_size", [], |row| row.get(0))
             .expect("pragma runs");
         assert_eq!(size, -i64::from(super::READER_CACHE_KIB));
-        assert_eq!(super::READER_CACHE_KIB, 2048);
     }
 }

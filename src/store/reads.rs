@@ -234,41 +234,47 @@ pub(super) struct Answers<'a> {
 }
 
 impl Answers<'_> {
-    /// Answers the reads of integration `kind` of `group`. The row moves to the last read
-    /// that asked for it; any other (the same key asked twice in one batch) gets a copy.
+    /// Answers the reads of integration `kind` of `group`.
     pub fn one(&mut self, group: GroupId, kind: IntegrationType, row: Option<StoredIntegration>) {
-        let mut waiting: Option<oneshot::Sender<One>> = None;
-        self.answer(
+        self.answer_with(
             |read| matches!(read, Read::One { group: g, kind: k, .. } if *g == group && *k == kind),
-            |read| {
-                if let Read::One { reply, .. } = read {
-                    if let Some(earlier) = waiting.replace(reply) {
-                        let _ = earlier.send(Ok(row.clone()));
-                    }
-                }
+            row,
+            |read| match read {
+                Read::One { reply, .. } => Some(reply),
+                _ => None,
             },
         );
-        if let Some(last) = waiting {
-            let _ = last.send(Ok(row));
-        }
     }
 
-    /// Answers the reads of `group`'s list (moved to the last read that asked, like
-    /// [`Answers::one`]).
+    /// Answers the reads of `group`'s list.
     pub fn list(&mut self, group: GroupId, rows: Vec<StoredIntegration>) {
-        let mut waiting: Option<oneshot::Sender<List>> = None;
-        self.answer(
+        self.answer_with(
             |read| matches!(read, Read::List { group: g, .. } if *g == group),
-            |read| {
-                if let Read::List { reply, .. } = read {
-                    if let Some(earlier) = waiting.replace(reply) {
-                        let _ = earlier.send(Ok(rows.clone()));
-                    }
-                }
+            rows,
+            |read| match read {
+                Read::List { reply, .. } => Some(reply),
+                _ => None,
             },
         );
+    }
+
+    /// Answers the reads `asks` picks out with `value`, through the sender `reply` takes
+    /// from each: moved to the last of them, copied for any other (the same key asked twice
+    /// in one batch).
+    fn answer_with<T: Clone>(
+        &mut self,
+        asks: impl Fn(&Read) -> bool,
+        value: T,
+        reply: impl Fn(Read) -> Option<oneshot::Sender<StoreResult<T>>>,
+    ) {
+        let mut waiting: Option<oneshot::Sender<StoreResult<T>>> = None;
+        self.answer(asks, |read| {
+            if let Some(earlier) = reply(read).and_then(|reply| waiting.replace(reply)) {
+                let _ = earlier.send(Ok(value.clone()));
+            }
+        });
         if let Some(last) = waiting {
-            let _ = last.send(Ok(rows));
+            let _ = last.send(Ok(value));
         }
     }
 
